@@ -1,0 +1,455 @@
+"""Make PyPI's fastreid 1.4.0 run on today's stack (Python 3.11, torch 2.x, numpy 2, Pillow 11+).
+
+``import gltrans_plugin`` runs this module before anything imports fastreid: the import-time
+shims first, then ``apply()`` patches fastreid's modules in memory.  Each fix is one small block
+whose comment names the fastreid file and the failure it removes; ``APPLIED`` lists the fixes by
+name and ``tests/test_compat.py`` has a test for each that fails without it.  Nothing in
+site-packages is edited and no fastreid code is copied: every patch wraps or replaces one call.
+"""
+import collections
+import collections.abc
+import functools
+import logging
+import os
+import sys
+import types
+
+logger = logging.getLogger(__name__)
+
+APPLIED = []  # names of the fixes applied, in order
+
+
+def _fix(fn):
+    """Register a fix; ``apply()`` runs each once."""
+    _FIXES.append(fn)
+    return fn
+
+
+_FIXES = []
+
+
+# --------------------------------------------------------------------------- import-time shims
+def _preimport_shims():
+    # fastreid/evaluation/testing.py and data/build.py: `from collections import Mapping`
+    # (removed in Python 3.10) -> ImportError on `import fastreid.data` / `.evaluation`.
+    for name in ("Mapping", "MutableMapping", "Sequence", "Iterable"):
+        if not hasattr(collections, name):
+            setattr(collections, name, getattr(collections.abc, name))
+    # fastreid/data/build.py: `from torch._six import string_classes` (torch._six removed in 2.0).
+    import torch
+
+    if "torch._six" not in sys.modules and not hasattr(torch, "_six"):
+        six = types.ModuleType("torch._six")
+        six.string_classes = (str, bytes)
+        sys.modules["torch._six"] = six
+        torch._six = six
+
+
+_preimport_shims()
+
+
+def require_fastreid():
+    """Import fastreid or fail with one message that says how to install it."""
+    try:
+        import fastreid  # noqa: F401
+    except ModuleNotFoundError as e:
+        if e.name != "fastreid":
+            raise
+        raise ImportError(
+            "gltrans_plugin needs fast-reid, which is not installed. Install it without its "
+            "torch-1.13 pins:  pip install --no-deps fastreid==1.4.0  (README, 'Set-up')."
+        ) from None
+
+
+def _cuda():
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# --------------------------------------------------------------------------- evaluation
+@_fix
+def no_cython_compile_exit():
+    # fastreid/evaluation/reid_evaluation.py: ReidEvaluator.__init__ runs `make` on the Cython
+    # rank module the wheel does not ship (in site-packages) and calls sys.exit(1) when that
+    # fails: training dies silently after the first epoch.  Use the python ranking instead.
+    from fastreid.evaluation import reid_evaluation
+
+    def _compile_dependencies(self):
+        try:
+            from fastreid.evaluation.rank_cylib.rank_cy import evaluate_cy  # noqa: F401
+        except ImportError:
+            logger.info("fastreid's Cython rank module is not built; using its python ranking.")
+
+    reid_evaluation.ReidEvaluator._compile_dependencies = _compile_dependencies
+
+
+@_fix
+def rerank_on_cpu():
+    # fastreid/utils/compute_dist.py: compute_jaccard_distance() calls `features.cuda()` and
+    # faiss-GPU for every search_option < 3 -> crashes on CPU.  Use the faiss-CPU path there.
+    from fastreid.utils import compute_dist
+
+    original = compute_dist.compute_jaccard_distance
+    if getattr(original, "_gltrans_patched", False):
+        return
+
+    @functools.wraps(original)
+    def compute_jaccard_distance(features, k1=20, k2=6, search_option=0, fp16=False):
+        import faiss
+
+        if not (_cuda() and features.is_cuda and faiss.get_num_gpus() > 0):
+            search_option = 3
+        return original(features, k1=k1, k2=k2, search_option=search_option, fp16=fp16)
+
+    compute_jaccard_distance._gltrans_patched = True
+    compute_dist.compute_jaccard_distance = compute_jaccard_distance
+
+
+# --------------------------------------------------------------------------- data
+@_fix
+def dataloader_without_cuda():
+    # fastreid/data/data_utils.py: DataLoaderX creates a CUDA stream in __init__, its prefetch
+    # thread calls torch.cuda.set_device, and __next__ waits on CUDA streams -> every loader
+    # fails on a machine without CUDA.  Keep the prefetch thread, drop the CUDA parts there.
+    import torch
+    from torch.utils.data import DataLoader
+    from fastreid.data import data_utils
+
+    X, BG = data_utils.DataLoaderX, data_utils.BackgroundGenerator
+    orig_init, orig_preload, orig_next, orig_run = X.__init__, X.preload, X.__next__, BG.run
+
+    def __init__(self, local_rank, **kwargs):
+        if _cuda():
+            return orig_init(self, local_rank, **kwargs)
+        kwargs["pin_memory"] = False  # pinning needs CUDA
+        DataLoader.__init__(self, **kwargs)
+        self.stream = None
+        self.local_rank = local_rank
+
+    def preload(self):
+        if self.stream is not None:
+            return orig_preload(self)
+        self.batch = next(self.iter, None)
+
+    def __next__(self):
+        if self.stream is not None:
+            return orig_next(self)
+        batch = self.batch
+        if batch is None:
+            raise StopIteration
+        self.preload()
+        return batch
+
+    def run(self):
+        if _cuda():
+            return orig_run(self)
+        for item in self.generator:
+            if self.exit_event.is_set():
+                break
+            self.queue.put(item)
+        self.queue.put(None)
+
+    X.__init__, X.preload, X.__next__, BG.run = __init__, preload, __next__, run
+    del torch
+
+
+@_fix
+def test_loader_num_workers():
+    # fastreid/data/build.py: _test_loader_from_config() never passes DATALOADER.NUM_WORKERS,
+    # so every test loader starts 4 workers whatever the config says.
+    import fastreid.data
+    import fastreid.data.build as build
+    from fastreid.config import configurable
+
+    if getattr(build.build_reid_test_loader, "_gltrans_patched", False):
+        return
+    orig_from_config = build._test_loader_from_config
+
+    def _test_loader_from_config(cfg, **kwargs):
+        out = orig_from_config(cfg, **kwargs)
+        out["num_workers"] = cfg.DATALOADER.NUM_WORKERS
+        return out
+
+    fn = configurable(from_config=_test_loader_from_config)(build.build_reid_test_loader.__wrapped__)
+    fn._gltrans_patched = True
+    build._test_loader_from_config = _test_loader_from_config
+    build.build_reid_test_loader = fn
+    fastreid.data.build_reid_test_loader = fn
+    import fastreid.engine.defaults as defaults
+
+    defaults.build_reid_test_loader = fn
+
+
+@_fix
+def random_affine_new_torchvision():
+    # fastreid/data/transforms/build.py: T.RandomAffine(..., resample=False, fillcolor=0) uses
+    # arguments torchvision removed (0.13) -> TypeError when INPUT.AFFINE.ENABLED.
+    import torchvision.transforms as T
+    from fastreid.data.transforms import build
+
+    class RandomAffine(T.RandomAffine):
+        def __init__(self, *args, resample=None, fillcolor=None, **kwargs):
+            if fillcolor is not None:
+                kwargs.setdefault("fill", fillcolor)
+            if resample not in (None, False):
+                kwargs.setdefault("interpolation", resample)
+            super().__init__(*args, **kwargs)
+
+    class _Transforms(types.ModuleType):
+        def __getattr__(self, name):
+            return getattr(T, name)
+
+    proxy = _Transforms("torchvision.transforms (fastreid compat)")
+    proxy.RandomAffine = RandomAffine
+    build.T = proxy
+
+
+@_fix
+def to_tensor_numpy2():
+    # fastreid/data/transforms/functional.py: to_tensor() calls np.array(pic, dtype, copy=False)
+    # for PIL modes I, I;16, F and 1; numpy 2 raises ValueError when a copy is needed.
+    import numpy as np
+    import torch
+    from fastreid.data.transforms import functional, transforms
+
+    original = functional.to_tensor
+    if getattr(original, "_gltrans_patched", False):
+        return
+    modes = {"I": np.int32, "I;16": np.int16, "F": np.float32, "1": np.uint8}
+
+    @functools.wraps(original)
+    def to_tensor(pic):
+        mode = getattr(pic, "mode", None)
+        if mode in modes:
+            arr = np.asarray(pic, dtype=modes[mode])
+            if mode == "I;16":
+                arr = arr.astype(np.int16)
+            img = torch.from_numpy(np.array(arr, copy=True)) * (255 if mode == "1" else 1)
+            return img.view(pic.size[1], pic.size[0], 1).permute(2, 0, 1).contiguous()
+        return original(pic)
+
+    to_tensor._gltrans_patched = True
+    functional.to_tensor = to_tensor
+    transforms.to_tensor = to_tensor
+
+
+@_fix
+def posterize_zero_bits():
+    # fastreid/data/transforms/autoaugment.py: RandAugment/AutoAugment call
+    # ImageOps.posterize(img, 0) ("keep 0 bits" = black); Pillow >= 11 rejects bits=0.
+    from PIL import Image
+    from fastreid.data.transforms import autoaugment
+
+    original = autoaugment.posterize
+
+    def posterize(img, bits_to_keep, **kwargs):
+        if bits_to_keep <= 0:
+            return Image.new(img.mode, img.size)  # every bit dropped: black, as Pillow < 11 did
+        return original(img, bits_to_keep, **kwargs)
+
+    autoaugment.posterize = posterize
+    for table in (autoaugment.NAME_TO_OP,):
+        for k, v in list(table.items()):
+            if v is original:
+                table[k] = posterize
+
+
+# --------------------------------------------------------------------------- solver
+@_fix
+def optimizer_without_contiguous_params():
+    # fastreid/solver/build.py: build_optimizer() wraps parameters in ContiguousParams
+    # (utils/params.py); torch 2's zero_grad(set_to_none=True) drops its gradient views, so the
+    # optimizer silently never updates a weight.  Always build on the plain parameters.
+    import fastreid.solver
+    import fastreid.solver.build as build
+    import fastreid.engine.defaults as defaults
+
+    original = build.build_optimizer
+    if getattr(original, "_gltrans_patched", False):
+        return
+
+    @functools.wraps(original)
+    def build_optimizer(cfg, model, contiguous=False):
+        if contiguous:
+            logger.warning("ContiguousParams does not update weights on torch 2; ignoring it.")
+        return original(cfg, model, contiguous=False)
+
+    build_optimizer._gltrans_patched = True
+    build.build_optimizer = fastreid.solver.build_optimizer = build_optimizer
+    defaults.build_optimizer = build_optimizer
+
+
+@_fix
+def cosine_with_zero_epochs():
+    # fastreid/solver/build.py: build_lr_scheduler() gives CosineAnnealingLR
+    # T_max = MAX_EPOCH - warm-up epochs, which is 0 for short runs -> ZeroDivisionError at the
+    # first epoch end.  A cosine schedule over at least one epoch.
+    import torch
+    from fastreid.solver import lr_scheduler
+
+    base = torch.optim.lr_scheduler.CosineAnnealingLR
+
+    class CosineAnnealingLR(base):
+        def __init__(self, optimizer, T_max, *args, **kwargs):
+            super().__init__(optimizer, max(int(T_max), 1), *args, **kwargs)
+
+    lr_scheduler.CosineAnnealingLR = CosineAnnealingLR
+
+
+# --------------------------------------------------------------------------- engine
+@_fix
+def amp_on_cpu():
+    # fastreid/engine/train_loop.py: AMPTrainer.run_step asserts CUDA and uses the deprecated
+    # torch.cuda.amp API.  Use torch.autocast on the model's device: fp16 + GradScaler on CUDA,
+    # bf16 (no scaler needed) on CPU.
+    import time
+    import torch
+    from fastreid.engine import train_loop
+
+    def run_step(self):
+        assert self.model.training, "[AMPTrainer] model was changed to eval mode!"
+        device = next(self.model.parameters()).device.type
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        dtype = torch.float16 if device == "cuda" else torch.bfloat16
+        with torch.autocast(device_type=device, dtype=dtype):
+            loss_dict = self.model(data)
+            losses = sum(loss_dict.values())
+        self.optimizer.zero_grad()
+        use_scaler = device == "cuda" and self.grad_scaler.is_enabled()
+        (self.grad_scaler.scale(losses) if use_scaler else losses).backward()
+        self._write_metrics(loss_dict, data_time)
+        if use_scaler:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
+
+    orig_init = train_loop.AMPTrainer.__init__
+
+    def __init__(self, model, data_loader, optimizer, param_wrapper, grad_scaler=None):
+        if grad_scaler is None:  # torch.cuda.amp.GradScaler is deprecated and warns on CPU
+            grad_scaler = torch.amp.GradScaler("cuda", enabled=_cuda())
+        orig_init(self, model, data_loader, optimizer, param_wrapper, grad_scaler)
+
+    train_loop.AMPTrainer.run_step = run_step
+    train_loop.AMPTrainer.__init__ = __init__
+
+
+@_fix
+def ddp_on_cpu():
+    # fastreid/engine/defaults.py: DefaultTrainer wraps the model in
+    # DistributedDataParallel(model, device_ids=[local_rank]); device_ids must be None for a
+    # CPU model (gloo) -> ValueError on any multi-process CPU run.
+    from torch.nn.parallel import DistributedDataParallel
+    import fastreid.engine.defaults as defaults
+
+    def ddp(model, device_ids=None, **kwargs):
+        if next(model.parameters()).device.type == "cpu":
+            device_ids = None
+        return DistributedDataParallel(model, device_ids=device_ids, **kwargs)
+
+    defaults.DistributedDataParallel = ddp
+
+
+def _distributed_worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_rank,
+                        dist_url, args):
+    """fastreid's launch worker, with the backend chosen by device (see launch_gloo_on_cpu)."""
+    import torch
+    import torch.distributed as dist
+    from fastreid.utils import comm
+
+    use_cuda = _cuda()
+    global_rank = machine_rank * num_gpus_per_machine + local_rank
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method=dist_url,
+                            world_size=world_size, rank=global_rank)
+    if use_cuda:
+        if num_gpus_per_machine > torch.cuda.device_count():
+            raise RuntimeError(f"--num-gpus {num_gpus_per_machine} but only "
+                               f"{torch.cuda.device_count()} GPUs are visible.")
+        torch.cuda.set_device(local_rank)
+    comm.synchronize()
+    num_machines = world_size // num_gpus_per_machine
+    for i in range(num_machines):
+        ranks = list(range(i * num_gpus_per_machine, (i + 1) * num_gpus_per_machine))
+        pg = dist.new_group(ranks)
+        if i == machine_rank:
+            comm._LOCAL_PROCESS_GROUP = pg
+    main_func(*args)
+
+
+@_fix
+def launch_gloo_on_cpu():
+    # fastreid/engine/launch.py: _distributed_worker asserts CUDA and hard-codes the NCCL
+    # backend -> `--num-gpus 2` cannot run on CPU.  Same worker, gloo when there is no GPU.
+    from fastreid.engine import launch
+
+    launch._distributed_worker = _distributed_worker
+
+
+@_fix
+def checkpoint_weights_only():
+    # fastreid/utils/checkpoint.py: Checkpointer._load_file is a bare torch.load(); since
+    # torch 2.6 it defaults to weights_only=True and refuses fastreid's own checkpoints, which
+    # hold numpy scalars (the metric saved by PeriodicCheckpointer).  Load with
+    # weights_only=True and numpy scalars allowed; legacy pickles need GLTRANS_ALLOW_PICKLE=1.
+    from fastreid.utils import checkpoint
+
+    def _load_file(self, f):
+        return safe_torch_load(f)
+
+    checkpoint.Checkpointer._load_file = _load_file
+
+
+def safe_torch_load(path, allow_pickle=None):
+    """``torch.load(path, weights_only=True)`` with numpy scalars/arrays allowed.
+
+    A file that needs arbitrary unpickling is refused with a message naming the opt-in
+    (``allow_pickle=True`` or env ``GLTRANS_ALLOW_PICKLE=1``), which runs code from the file.
+    """
+    import numpy as np
+    import pickle
+    import torch
+
+    if allow_pickle is None:
+        allow_pickle = os.environ.get("GLTRANS_ALLOW_PICKLE", "") == "1"
+    if allow_pickle:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    safe = [np.dtype, np.ndarray, np._core.multiarray.scalar, np._core.multiarray._reconstruct]
+    safe += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+    try:
+        with torch.serialization.safe_globals(safe):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise pickle.UnpicklingError(
+            f"{path} is not a weights-only checkpoint: loading it would run code from the file "
+            f"({str(e).splitlines()[0]}). If you trust it, set GLTRANS_ALLOW_PICKLE=1."
+        ) from None
+
+
+@_fix
+def resume_finished_run():
+    # fastreid/engine/train_loop.py + hooks.py: resuming from model_final makes
+    # start_epoch == max_epoch, the epoch loop never runs, `self.epoch` is never set and the
+    # after_train hooks raise AttributeError: ... no attribute 'epoch'.
+    from fastreid.engine import train_loop
+
+    original = train_loop.TrainerBase.train
+
+    def train(self, start_epoch, max_epoch, iters_per_epoch):
+        self.epoch = max(start_epoch - 1, 0) if start_epoch >= max_epoch else start_epoch
+        return original(self, start_epoch, max_epoch, iters_per_epoch)
+
+    train_loop.TrainerBase.train = train
+
+
+def apply():
+    """Apply every fix once (idempotent). Called by ``import gltrans_plugin``."""
+    require_fastreid()
+    for fix in _FIXES:
+        if fix.__name__ not in APPLIED:
+            fix()
+            APPLIED.append(fix.__name__)
+    return list(APPLIED)

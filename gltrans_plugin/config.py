@@ -1,0 +1,96 @@
+"""Every config key this plugin adds to fast-reid's defaults, with its default and meaning.
+
+``add_gltrans_config(cfg)`` is the one place new keys are declared; configs under ``configs/``
+only set values.  Call it on ``fastreid.config.get_cfg()`` before merging a GLTrans yaml.
+"""
+from fastreid.config import CfgNode as CN
+
+
+def add_gltrans_config(cfg):
+    """Add the GLTrans / plugin keys to a fast-reid ``CfgNode`` in place (idempotent)."""
+    _C = cfg
+    if "GLTRANS" in _C.MODEL:  # already added
+        return cfg
+
+    # ------------------------------------------------------------------ data
+    # Dataset root. Empty: fast-reid's own rule (env FASTREID_DATASETS, else "datasets").
+    _C.DATASETS.ROOT = ""
+    # Built-in synthetic Re-ID set (dataset name "SyntheticReID"), generated on first use.
+    _C.DATASETS.SYNTHETIC = CN()
+    _C.DATASETS.SYNTHETIC.NUM_TRAIN_IDS = 48     # identities in bounding_box_train
+    _C.DATASETS.SYNTHETIC.NUM_TEST_IDS = 48      # identities in query / bounding_box_test
+    _C.DATASETS.SYNTHETIC.NUM_CAMERAS = 4        # cameras (<= 6: Market-1501 naming)
+    _C.DATASETS.SYNTHETIC.IMAGES_PER_ID_CAM = 3  # images per identity per camera
+    _C.DATASETS.SYNTHETIC.HEIGHT = 128           # generated image height (pixels)
+    _C.DATASETS.SYNTHETIC.WIDTH = 64             # generated image width (pixels)
+    _C.DATASETS.SYNTHETIC.SEED = 0               # generator seed; same seed -> same files
+    # A corrupt / unreadable image: False -> error naming the file; True -> skip it with a warning.
+    _C.DATALOADER.SKIP_CORRUPT = False
+
+    # ------------------------------------------------------------------ model
+    # (GLTrans architecture keys; see SPEC.md and README "Config switches".)
+    # Backbone (BACKBONE.NAME "build_gltrans_backbone"). fast-reid's own keys are reused:
+    # DEPTH ("tiny" | "small" | "base"), STRIDE_SIZE, SIE_COE, DROP_PATH_RATIO, DROP_RATIO,
+    # ATT_DROP_RATE, PRETRAIN, PRETRAIN_PATH, FEAT_DIM (set from DEPTH when 0 / wrong).
+    _C.MODEL.BACKBONE.PATCH_SIZE = 16      # ViT patch size (the overlap comes from STRIDE_SIZE)
+    _C.MODEL.BACKBONE.SIE_CAMERA = True    # add a learned per-camera embedding (SIE)
+    _C.MODEL.BACKBONE.SIE_VIEW = False     # add a learned per-viewpoint embedding (VeRi-776)
+    _C.MODEL.BACKBONE.NUM_CAMERAS = 0      # SIE table size; 0 = number of cameras in the data
+    _C.MODEL.BACKBONE.NUM_VIEWS = 0        # viewpoint table size; 0 = from the data
+    _C.MODEL.BACKBONE.PRETRAIN_FORMAT = "auto"  # "auto" | "timm" | "deit" | "transreid"
+    # Opt-in for legacy pickled checkpoints (torch.load(weights_only=False)): runs code from
+    # the file, so only for files you trust.
+    _C.MODEL.BACKBONE.ALLOW_PICKLE = False
+    _C.MODEL.BACKBONE.GRAD_CHECKPOINT = False  # activation checkpointing of backbone blocks
+
+    _C.MODEL.GLTRANS = CN()
+    # Blocks whose tokens are aggregated (K = len). Negative = counted from the end (-1 = last);
+    # the paper's "layers 10-12" of ViT-B is (-3, -2, -1).  Table 6.
+    _C.MODEL.GLTRANS.AGG_LAYERS = (-3, -2, -1)
+    # GAE (eq. 2-3): global branch from the K class tokens.  Table 5 / Table 7.
+    _C.MODEL.GLTRANS.GAE = CN({"ENABLED": True})
+    _C.MODEL.GLTRANS.GAE.AGGREGATION = "fc"  # "fc" | "two_fc" | "add" | "concat"
+    _C.MODEL.GLTRANS.GAE.ACTIVATION = "gelu"  # "gelu" (paper) | "none" (released code)
+    # LMF: local branch (PTF -> GMA -> PTL).  LOCAL.ENABLED False removes the local branch.
+    _C.MODEL.GLTRANS.LOCAL = CN({"ENABLED": True})
+    # PTF (eq. 4-7): per-layer mask + fusion conv.  ENABLED False: last layer's tokens only.
+    _C.MODEL.GLTRANS.PTF = CN({"ENABLED": True})
+    _C.MODEL.GLTRANS.PTF.REDUCTION = 4        # r of the mask MLP (D -> D/r -> D)
+    _C.MODEL.GLTRANS.PTF.MASK = "linear"      # "linear" (paper) | "conv_bn" (released code)
+    _C.MODEL.GLTRANS.PTF.FUSION_ORDER = "paper"  # "paper": 1x1,3x3,BN,GELU | "released": 1x1,GELU,BN,3x3
+    # GMA (eq. 8-10): global-guided per-head patch scores.
+    _C.MODEL.GLTRANS.GMA = CN({"ENABLED": True})
+    _C.MODEL.GLTRANS.GMA.NUM_HEADS = 12       # h; must divide D.  Table 10
+    _C.MODEL.GLTRANS.GMA.REDUCTION = 1        # optional reduction of W_q / W_k width
+    # PTL (eq. 11-13): part tokens through T transformer layers over horizontal stripes.
+    _C.MODEL.GLTRANS.PTL = CN()
+    _C.MODEL.GLTRANS.PTL.NUM_PARTS = 3        # P (<= grid rows).  Table 8
+    _C.MODEL.GLTRANS.PTL.DEPTH = 2            # T; 0 = average pooling of each stripe.  Table 9
+    _C.MODEL.GLTRANS.PTL.SHARED = True        # one layer stack for all parts (paper) | per part
+    _C.MODEL.GLTRANS.PTL.WITH_CLS = True      # prepend the K class tokens to each part sequence
+    _C.MODEL.GLTRANS.PTL.PART_TOKEN_INIT = "zeros"  # "zeros" (released code) | "trunc_normal"
+    # Branches and losses (SPEC section 4).  Branch names: global, local, cls<layer> (1-based).
+    _C.MODEL.GLTRANS.BRANCHES = ("global", "local", "cls")  # "cls" = one branch per AGG layer
+    _C.MODEL.GLTRANS.CE_WEIGHT = 1.0           # weight of the mean CE over branches
+    _C.MODEL.GLTRANS.TRI_WEIGHT = 1.0          # weight of the mean triplet over branches
+    _C.MODEL.GLTRANS.BRANCH_WEIGHTS = ()       # per-branch weights, same order; () = all 1
+    _C.MODEL.GLTRANS.TRI_SOFT_MARGIN = True    # soft-margin triplet; False: MODEL.LOSSES.TRI.MARGIN
+    # Released-code bug: every cls branch's triplet uses the last layer's cls token.
+    _C.MODEL.GLTRANS.CLS_TRIPLET_ON_LAST = False
+    # Test feature: concat of these branches' features (SPEC: global, local, last cls).
+    _C.MODEL.GLTRANS.TEST_BRANCHES = ("global", "local", "cls_last")
+    # Camera ids: raise on an id outside the SIE table (True) or use no SIE for it (False).
+    _C.MODEL.GLTRANS.STRICT_CAMIDS = True
+
+    # ------------------------------------------------------------------ engine / test
+    # Evaluator used by gltrans_plugin.engine.Trainer: "fast" (chunked, ours) or "fastreid".
+    _C.TEST.EVALUATOR = "fast"
+    # Evaluate once before the first training step and log it beside the final result.
+    _C.TEST.EVAL_BEFORE_TRAIN = False
+    # Warm-up length in whole epochs; > 0 overrides SOLVER.WARMUP_ITERS (= epochs x iters/epoch).
+    _C.SOLVER.WARMUP_EPOCHS = 0
+    # Iterations between metric log lines / metrics.json rows (fast-reid hard-codes 200).
+    _C.SOLVER.LOG_PERIOD = 20
+    # Random seed for the run (< 0: fast-reid's time-based seed).
+    _C.SEED = -1
+    return cfg

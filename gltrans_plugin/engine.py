@@ -1,0 +1,223 @@
+"""fast-reid's DefaultTrainer with the plugin's choices: datasets built from the config (root,
+synthetic sizes, consistent camera ids), the optimizer without ContiguousParams, epoch-based
+warm-up, a configurable log period, our evaluator, and an optional evaluation before training.
+
+No training loop of our own: everything runs through ``fastreid.engine.DefaultTrainer``.
+"""
+import logging
+import os
+import re
+
+import torch
+from fastreid.config import get_cfg
+from fastreid.data import build_reid_test_loader, build_reid_train_loader
+from fastreid.data.common import CommDataset
+from fastreid.data.datasets import DATASET_REGISTRY
+from fastreid.data.transforms import build_transforms
+from fastreid.engine import DefaultTrainer, default_setup, hooks
+from fastreid.evaluation import ReidEvaluator
+from fastreid.solver import build_optimizer
+from fastreid.utils import comm
+from fastreid.utils.env import seed_all_rng
+
+from .config import add_gltrans_config
+
+logger = logging.getLogger(__name__)
+
+_TRAILING_INT = re.compile(r"(-?\d+)$")
+
+
+def camera_index(camid):
+    """One integer camera index for fast-reid's two camera-id forms.
+
+    fast-reid gives training items string camids ``"<dataset>_<cam>"`` (then relabels them by
+    *sorted string*, so "msmt17_10" < "msmt17_2") and test items raw ints.  SIE needs the same
+    index for the same camera in both: the trailing integer of the string, or the int itself.
+    """
+    if isinstance(camid, str):
+        m = _TRAILING_INT.search(camid)
+        if m is None:
+            raise ValueError(f"camera id {camid!r} does not end with an integer camera number")
+        return int(m.group(1))
+    return int(camid)
+
+
+def dataset_root(cfg):
+    """The dataset root: DATASETS.ROOT, else env FASTREID_DATASETS, else "datasets"."""
+    return cfg.DATASETS.ROOT or os.getenv("FASTREID_DATASETS", "datasets")
+
+
+def dataset_kwargs(cfg, name):
+    """Extra constructor arguments for a registered dataset (sizes of the synthetic set)."""
+    if name == "SyntheticReID":
+        s = cfg.DATASETS.SYNTHETIC
+        return dict(num_train_ids=s.NUM_TRAIN_IDS, num_test_ids=s.NUM_TEST_IDS,
+                    num_cameras=s.NUM_CAMERAS, images_per_id_cam=s.IMAGES_PER_ID_CAM,
+                    height=s.HEIGHT, width=s.WIDTH, seed=s.SEED)
+    return {}
+
+
+def build_dataset(cfg, name):
+    """Instantiate a registered dataset under the configured root, with a clear error if the
+    name is unknown or its folder is missing."""
+    try:
+        cls = DATASET_REGISTRY.get(name)
+    except KeyError:
+        known = ", ".join(sorted(k for k, _ in DATASET_REGISTRY))
+        raise KeyError(f"Unknown dataset {name!r} in DATASETS.NAMES/TESTS. Registered: {known}")
+    root = dataset_root(cfg)
+    try:
+        return cls(root=root, combineall=False, **dataset_kwargs(cfg, name))
+    except RuntimeError as e:  # fastreid's check_before_run: '"<path>" is not found'
+        if "is not found" not in str(e):
+            raise
+        raise FileNotFoundError(
+            f"Dataset {name}: {e}. The dataset root is {os.path.abspath(root)!r} (set it with "
+            f"DATASETS.ROOT or env FASTREID_DATASETS); see README 'Datasets' for the folder "
+            f"layout fast-reid expects for {name}."
+        ) from None
+
+
+class Trainer(DefaultTrainer):
+    """``DefaultTrainer`` for GLTrans (and any fast-reid model) on today's stack."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self._before_train_results = None
+        if cfg.SOLVER.WARMUP_EPOCHS > 0:  # the LRScheduler hook reads trainer.warmup_iters
+            self.warmup_iters = warmup_iters(cfg, self.iters_per_epoch)
+
+    # ------------------------------------------------------------------ data
+    @classmethod
+    def build_train_loader(cls, cfg):
+        items = []
+        for name in cfg.DATASETS.NAMES:
+            data = build_dataset(cfg, name)
+            if comm.is_main_process():
+                data.show_train()
+            items.extend(data.train)
+        train_set = CommDataset(items, build_transforms(cfg, is_train=True), relabel=True)
+        # Same camera index in training as in test (see camera_index).
+        train_set.cam_dict = {c: camera_index(c) for c in train_set.cams}
+        return build_reid_train_loader(cfg, train_set=train_set)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        data = build_dataset(cfg, dataset_name)
+        if comm.is_main_process():
+            data.show_test()
+        if not data.query or not data.gallery:
+            raise ValueError(f"Dataset {dataset_name}: empty query ({len(data.query)}) or "
+                             f"gallery ({len(data.gallery)}); nothing to evaluate.")
+        test_set = CommDataset(data.query + data.gallery, build_transforms(cfg, is_train=False),
+                               relabel=False)
+        return build_reid_test_loader(cfg, test_set=test_set, num_query=len(data.query))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_dir=None):
+        data_loader, num_query = cls.build_test_loader(cfg, dataset_name)
+        if cfg.TEST.EVALUATOR == "fast":
+            from .evaluation import FastReidEvaluator
+
+            return data_loader, FastReidEvaluator(cfg, num_query, output_dir)
+        return data_loader, ReidEvaluator(cfg, num_query, output_dir)
+
+    # ------------------------------------------------------------------ solver
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model, contiguous=False)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer, iters_per_epoch):
+        if cfg.SOLVER.WARMUP_EPOCHS > 0:
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.SOLVER.WARMUP_ITERS = warmup_iters(cfg, iters_per_epoch)
+        return super().build_lr_scheduler(cfg, optimizer, iters_per_epoch)
+
+    @staticmethod
+    def auto_scale_hyperparams(cfg, num_classes):
+        cfg = fill_num_cameras(cfg)
+        cfg = DefaultTrainer.auto_scale_hyperparams(cfg, num_classes)
+        if comm.is_main_process() and cfg.OUTPUT_DIR:  # config.yaml with every auto value
+            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+            with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
+                f.write(cfg.dump())
+        return cfg
+
+    def build_hooks(self):
+        ret = super().build_hooks()
+        for h in ret:
+            if isinstance(h, hooks.PeriodicWriter):
+                h._period = max(1, int(self.cfg.SOLVER.LOG_PERIOD))
+        return ret
+
+    # ------------------------------------------------------------------ run
+    def train(self):
+        if self.cfg.TEST.EVAL_BEFORE_TRAIN and self.start_epoch == 0:
+            logger.info("Evaluating the model before training (TEST.EVAL_BEFORE_TRAIN).")
+            self._before_train_results = self.test(self.cfg, self.model)
+        if self.start_epoch >= self.max_epoch:
+            logger.info(f"Checkpoint is at the last epoch ({self.max_epoch}); evaluating it.")
+            self._last_eval_results = self.test(self.cfg, self.model)
+            return self._last_eval_results
+        results = super().train()
+        if comm.is_main_process() and self._before_train_results:
+            log_before_after(self._before_train_results, results)
+        return results
+
+
+def fill_num_cameras(cfg):
+    """MODEL.BACKBONE.NUM_CAMERAS = 0 means 'from the training data': max camera index + 1."""
+    if cfg.MODEL.BACKBONE.get("NUM_CAMERAS", 1) > 0:
+        return cfg
+    cams = {camera_index(c) for name in cfg.DATASETS.NAMES for _, _, c in build_dataset(cfg, name).train}
+    cfg = cfg.clone()
+    frozen = cfg.is_frozen()
+    cfg.defrost()
+    cfg.MODEL.BACKBONE.NUM_CAMERAS = max(cams) + 1
+    logger.info(f"Auto-scaling MODEL.BACKBONE.NUM_CAMERAS={max(cams) + 1}")
+    if frozen:
+        cfg.freeze()
+    return cfg
+
+
+def warmup_iters(cfg, iters_per_epoch):
+    """SOLVER.WARMUP_EPOCHS in iterations (at least 1 when warm-up is asked for)."""
+    return max(1, round(cfg.SOLVER.WARMUP_EPOCHS * iters_per_epoch))
+
+
+def log_before_after(before, after):
+    """Log untrained vs trained mAP / rank-1 (single test set results)."""
+    if not isinstance(before, dict) or "mAP" not in before or "mAP" not in after:
+        return
+    ratio = after["mAP"] / max(before["mAP"], 1e-12)
+    logger.info(
+        f"Before training: Rank-1 {before['Rank-1']:.2f}  mAP {before['mAP']:.2f} | "
+        f"after training: Rank-1 {after['Rank-1']:.2f}  mAP {after['mAP']:.2f} "
+        f"(mAP x{ratio:.1f})"
+    )
+
+
+def setup_cfg(config_file="", opts=()):
+    """fast-reid's get_cfg + our keys + a yaml + command-line opts, with device auto-selection."""
+    cfg = get_cfg()
+    add_gltrans_config(cfg)
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"Config file not found: {config_file}")
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts or []))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def default_setup_gltrans(cfg, args):
+    """fast-reid's default_setup, plus seeding from cfg.SEED and a device log line."""
+    default_setup(cfg, args)
+    if cfg.SEED >= 0:
+        seed_all_rng(cfg.SEED + comm.get_rank())
+    log = logging.getLogger("fastreid")
+    if cfg.MODEL.DEVICE == "cpu":
+        log.info("No GPU found (or MODEL.DEVICE cpu): running on CPU.")
