@@ -8,6 +8,7 @@ from . import compat
 
 compat.apply()
 
+from . import data, evaluation, modeling  # noqa: E402,F401  (register into fastreid)
 from .config import add_gltrans_config  # noqa: E402
 
 __all__ = ["add_gltrans_config", "compat"]

@@ -208,7 +208,9 @@ def random_affine_new_torchvision():
 @_fix
 def to_tensor_numpy2():
     # fastreid/data/transforms/functional.py: to_tensor() calls np.array(pic, dtype, copy=False)
-    # for PIL modes I, I;16, F and 1; numpy 2 raises ValueError when a copy is needed.
+    # for PIL modes I, I;16, F and 1 (numpy 2 raises ValueError when a copy is needed) and
+    # torch.ByteStorage.from_buffer for the others (deprecated TypedStorage).  Same output
+    # (CHW; uint8 images as float 0-255) through numpy.
     import numpy as np
     import torch
     from fastreid.data.transforms import functional, transforms
@@ -216,18 +218,19 @@ def to_tensor_numpy2():
     original = functional.to_tensor
     if getattr(original, "_gltrans_patched", False):
         return
-    modes = {"I": np.int32, "I;16": np.int16, "F": np.float32, "1": np.uint8}
+    dtypes = {"I": np.int32, "I;16": np.int16, "F": np.float32}
 
     @functools.wraps(original)
     def to_tensor(pic):
-        mode = getattr(pic, "mode", None)
-        if mode in modes:
-            arr = np.asarray(pic, dtype=modes[mode])
-            if mode == "I;16":
-                arr = arr.astype(np.int16)
-            img = torch.from_numpy(np.array(arr, copy=True)) * (255 if mode == "1" else 1)
-            return img.view(pic.size[1], pic.size[0], 1).permute(2, 0, 1).contiguous()
-        return original(pic)
+        if isinstance(pic, np.ndarray):
+            return original(pic)
+        arr = np.array(pic, dtype=dtypes.get(pic.mode), copy=True)  # H x W (x C)
+        if pic.mode == "1":
+            arr = arr.astype(np.uint8) * 255
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        img = torch.from_numpy(arr).permute(2, 0, 1).contiguous()  # C x H x W
+        return img.float() if img.dtype == torch.uint8 else img
 
     to_tensor._gltrans_patched = True
     functional.to_tensor = to_tensor
@@ -384,9 +387,10 @@ def _distributed_worker(local_rank, main_func, world_size, num_gpus_per_machine,
 def launch_gloo_on_cpu():
     # fastreid/engine/launch.py: _distributed_worker asserts CUDA and hard-codes the NCCL
     # backend -> `--num-gpus 2` cannot run on CPU.  Same worker, gloo when there is no GPU.
-    from fastreid.engine import launch
+    import importlib
 
-    launch._distributed_worker = _distributed_worker
+    # (`fastreid.engine.launch` the attribute is the function; the module is in sys.modules)
+    importlib.import_module("fastreid.engine.launch")._distributed_worker = _distributed_worker
 
 
 @_fix
@@ -448,8 +452,9 @@ def resume_finished_run():
 def apply():
     """Apply every fix once (idempotent). Called by ``import gltrans_plugin``."""
     require_fastreid()
+    skip = set(filter(None, os.environ.get("GLTRANS_COMPAT_SKIP", "").split(",")))  # debugging
     for fix in _FIXES:
-        if fix.__name__ not in APPLIED:
+        if fix.__name__ not in APPLIED and fix.__name__ not in skip:
             fix()
             APPLIED.append(fix.__name__)
     return list(APPLIED)

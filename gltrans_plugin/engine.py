@@ -6,7 +6,6 @@ No training loop of our own: everything runs through ``fastreid.engine.DefaultTr
 """
 import logging
 import os
-import re
 
 import torch
 from fastreid.config import get_cfg
@@ -21,25 +20,10 @@ from fastreid.utils import comm
 from fastreid.utils.env import seed_all_rng
 
 from .config import add_gltrans_config
+from .data import camera_index, check_dataset_root, synthetic_kwargs
 
 logger = logging.getLogger(__name__)
 
-_TRAILING_INT = re.compile(r"(-?\d+)$")
-
-
-def camera_index(camid):
-    """One integer camera index for fast-reid's two camera-id forms.
-
-    fast-reid gives training items string camids ``"<dataset>_<cam>"`` (then relabels them by
-    *sorted string*, so "msmt17_10" < "msmt17_2") and test items raw ints.  SIE needs the same
-    index for the same camera in both: the trailing integer of the string, or the int itself.
-    """
-    if isinstance(camid, str):
-        m = _TRAILING_INT.search(camid)
-        if m is None:
-            raise ValueError(f"camera id {camid!r} does not end with an integer camera number")
-        return int(m.group(1))
-    return int(camid)
 
 
 def dataset_root(cfg):
@@ -47,35 +31,13 @@ def dataset_root(cfg):
     return cfg.DATASETS.ROOT or os.getenv("FASTREID_DATASETS", "datasets")
 
 
-def dataset_kwargs(cfg, name):
-    """Extra constructor arguments for a registered dataset (sizes of the synthetic set)."""
-    if name == "SyntheticReID":
-        s = cfg.DATASETS.SYNTHETIC
-        return dict(num_train_ids=s.NUM_TRAIN_IDS, num_test_ids=s.NUM_TEST_IDS,
-                    num_cameras=s.NUM_CAMERAS, images_per_id_cam=s.IMAGES_PER_ID_CAM,
-                    height=s.HEIGHT, width=s.WIDTH, seed=s.SEED)
-    return {}
-
-
 def build_dataset(cfg, name):
-    """Instantiate a registered dataset under the configured root, with a clear error if the
-    name is unknown or its folder is missing."""
-    try:
-        cls = DATASET_REGISTRY.get(name)
-    except KeyError:
-        known = ", ".join(sorted(k for k, _ in DATASET_REGISTRY))
-        raise KeyError(f"Unknown dataset {name!r} in DATASETS.NAMES/TESTS. Registered: {known}")
+    """Instantiate a registered dataset under the configured root; an unknown name or a missing
+    folder fails here, before training, with the expected layout in the message."""
     root = dataset_root(cfg)
-    try:
-        return cls(root=root, combineall=False, **dataset_kwargs(cfg, name))
-    except RuntimeError as e:  # fastreid's check_before_run: '"<path>" is not found'
-        if "is not found" not in str(e):
-            raise
-        raise FileNotFoundError(
-            f"Dataset {name}: {e}. The dataset root is {os.path.abspath(root)!r} (set it with "
-            f"DATASETS.ROOT or env FASTREID_DATASETS); see README 'Datasets' for the folder "
-            f"layout fast-reid expects for {name}."
-        ) from None
+    check_dataset_root(name, root)
+    kwargs = synthetic_kwargs(cfg) if name == "SyntheticReID" else {}
+    return DATASET_REGISTRY.get(name)(root=root, combineall=False, **kwargs)
 
 
 class Trainer(DefaultTrainer):

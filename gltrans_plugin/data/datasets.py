@@ -1,0 +1,234 @@
+"""Datasets registered into fast-reid's ``DATASET_REGISTRY`` and dataset-root helpers.
+
+- ``SyntheticReID``: the built-in synthetic set (see ``synthetic.py``), read with fast-reid's
+  Market-1501 reader from ``<root>/synthetic_reid`` and generated there on first use.
+- ``MSMT17TrainVal``: MSMT17 trained on list_train + list_val (the protocol of TransReID and
+  the GLTrans paper); query / gallery as fast-reid's ``MSMT17``.
+- ``camera_index``: one integer camera index for fast-reid's two camera-id forms.
+- ``check_dataset_root``: a clear error for a dataset that is not where fast-reid looks.
+"""
+import logging
+import numbers
+import os.path as osp
+import re
+
+from fastreid.data.datasets import DATASET_REGISTRY
+from fastreid.data.datasets.bases import ImageDataset
+from fastreid.data.datasets.market1501 import Market1501
+from fastreid.data.datasets.msmt17 import MSMT17, TEST_DIR_KEY, TRAIN_DIR_KEY, VERSION_DICT
+
+from .synthetic import DEFAULTS, generate_synthetic_reid
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SyntheticReID",
+    "MSMT17TrainVal",
+    "camera_index",
+    "camera_indices",
+    "check_dataset_root",
+    "synthetic_kwargs",
+]
+
+_ROOT_HINT = ("Set the dataset root with the config key DATASETS.ROOT (or the environment "
+              "variable FASTREID_DATASETS, read by fast-reid when it is imported).")
+
+
+# ---------------------------------------------------------------- camera ids
+
+_TRAILING_INT = re.compile(r"(-?\d+)$")
+
+
+def camera_index(camid):
+    """One integer camera index for both forms fast-reid produces.
+
+    fast-reid's readers give *training* camera ids as strings ``"{dataset_name}_{cam}"``
+    (``"msmt17_10"``; ``"market1501_test_3"`` after ``combineall``) and ``CommDataset`` then
+    relabels them by *sorted string order* ("msmt17_10" < "msmt17_2"), while *test* camera ids
+    stay raw 0-based integers. With more than 10 cameras the relabelled training index and the
+    test index of the same camera differ. This maps both forms to the dataset's own 0-based
+    camera number: ``camera_index("msmt17_10") == camera_index(10) == 10``. Use it on the
+    un-relabelled ids (the reader's), not on CommDataset's relabelled ones.
+    """
+    if isinstance(camid, bool):
+        raise TypeError(f"camera id {camid!r} is a bool, not a camera id.")
+    if isinstance(camid, numbers.Integral):
+        return int(camid)
+    if hasattr(camid, "item") and getattr(camid, "ndim", None) == 0:  # numpy / torch scalar
+        return camera_index(camid.item())
+    if isinstance(camid, str):
+        m = _TRAILING_INT.search(camid.strip())
+        if m:
+            return int(m.group(1))
+        raise ValueError(
+            f"camera id {camid!r} does not end with an integer; expected an int or a string "
+            "like 'msmt17_10' (fast-reid's '{dataset_name}_{cam}' training form)."
+        )
+    raise TypeError(f"camera id {camid!r} of type {type(camid).__name__}: expected int or str.")
+
+
+def camera_indices(camids):
+    """``camera_index`` of each element of a sequence (list of str / int, or a 1-D tensor)."""
+    if hasattr(camids, "tolist"):
+        camids = camids.tolist()
+    return [camera_index(c) for c in camids]
+
+
+# ---------------------------------------------------------------- dataset roots
+
+def _market_layouts(root):
+    # fast-reid's Market1501 has dataset_dir '' and prefers a 'Market-1501-v15.09.15' sub-folder
+    return [osp.join(root, "Market-1501-v15.09.15"), root], \
+        ["bounding_box_train", "query", "bounding_box_test"]
+
+
+def _msmt_required(main_dir):
+    v = VERSION_DICT[main_dir]
+    return [v[TRAIN_DIR_KEY], v[TEST_DIR_KEY], "list_train.txt", "list_val.txt",
+            "list_query.txt", "list_gallery.txt"]
+
+
+def _layouts(name, root):
+    """[(dataset folder, [required entries])] accepted for ``name``; None = no fixed layout."""
+    if name == "Market1501":
+        dirs, req = _market_layouts(root)
+        return [(d, req) for d in dirs]
+    if name == "DukeMTMC":
+        return [(osp.join(root, "DukeMTMC-reID"), ["bounding_box_train", "query",
+                                                    "bounding_box_test"])]
+    if name in ("MSMT17", "MSMT17TrainVal"):
+        # fast-reid's MSMT17 takes the root itself and looks for MSMT17_V1 / MSMT17_V2 in it
+        return [(osp.join(root, d), _msmt_required(d)) for d in VERSION_DICT]
+    if name == "VeRi":
+        return [(osp.join(root, "veri"), ["image_train", "image_query", "image_test"])]
+    return None
+
+
+_CHECKED = ("Market1501", "DukeMTMC", "MSMT17", "MSMT17TrainVal", "VeRi")
+
+
+def check_dataset_root(name, root):
+    """Raise FileNotFoundError naming the expected layout if dataset ``name`` is not under ``root``.
+
+    Returns the dataset folder found (for ``SyntheticReID``: ``<root>/synthetic_reid``, which is
+    generated on first use, so nothing is required). Names are fast-reid registry names (case is
+    ignored for the known ones); an unregistered name is a ValueError. Registered datasets whose
+    layout this helper does not know are not checked (None is returned).
+    """
+    canonical = {n.lower(): n for n in _CHECKED + ("SyntheticReID",)}.get(str(name).lower(), name)
+    if canonical not in DATASET_REGISTRY._obj_map:  # fastreid's Registry has no __contains__
+        raise ValueError(
+            f"Unknown dataset {name!r}: not registered in fast-reid's DATASET_REGISTRY. Known "
+            f"here: {', '.join(_CHECKED + ('SyntheticReID',))}; is `import gltrans_plugin` done?"
+        )
+    if canonical == "SyntheticReID":
+        return osp.join(root, SyntheticReID.dataset_dir)
+    layouts = _layouts(canonical, root)
+    if layouts is None:
+        logger.debug("No layout check for dataset %s.", canonical)
+        return None
+    for folder, required in layouts:
+        if osp.isdir(folder) and all(osp.exists(osp.join(folder, r)) for r in required):
+            return folder
+    lines = []
+    for folder, required in layouts:
+        missing = [r for r in required if not osp.exists(osp.join(folder, r))]
+        state = f"(missing: {', '.join(missing)})" if osp.isdir(folder) else "(folder missing)"
+        entries = ", ".join(r + ("/" if "." not in r else "") for r in required)
+        lines.append(f"  {folder}/ with {entries}   {state}")
+    raise FileNotFoundError(
+        f"Dataset {canonical} not found under the dataset root '{root}' "
+        f"(absolute: {osp.abspath(root)}). Expected one of:\n" + "\n".join(lines) + "\n"
+        + _ROOT_HINT
+    )
+
+
+# ---------------------------------------------------------------- synthetic set
+
+def synthetic_kwargs(cfg):
+    """``SyntheticReID`` keyword arguments from ``cfg.DATASETS.SYNTHETIC`` (add_gltrans_config)."""
+    s = cfg.DATASETS.SYNTHETIC
+    return dict(num_train_ids=s.NUM_TRAIN_IDS, num_test_ids=s.NUM_TEST_IDS,
+                num_cameras=s.NUM_CAMERAS, images_per_id_cam=s.IMAGES_PER_ID_CAM,
+                height=s.HEIGHT, width=s.WIDTH, seed=s.SEED)
+
+
+@DATASET_REGISTRY.register()
+class SyntheticReID(Market1501):
+    """Built-in synthetic person Re-ID set in Market-1501 layout, generated on first use.
+
+    Lives in ``<root>/synthetic_reid`` (``bounding_box_train``, ``query``, ``bounding_box_test``,
+    ``manifest.json``); read with fast-reid's ``Market1501.process_dir`` (pid 0 = distractor,
+    as Market-1501's background class). Generated when missing, or regenerated when its manifest
+    differs from the requested sizes; generation is atomic and locked, so DDP ranks may build
+    the dataset at the same time. Sizes are keyword arguments (the trainer passes
+    ``synthetic_kwargs(cfg)``), defaulting to ``DATASETS.SYNTHETIC.*``'s defaults.
+    """
+    dataset_dir = "synthetic_reid"
+    dataset_name = "synthetic_reid"
+
+    def __init__(self, root="datasets", num_train_ids=DEFAULTS["num_train_ids"],
+                 num_test_ids=DEFAULTS["num_test_ids"], num_cameras=DEFAULTS["num_cameras"],
+                 images_per_id_cam=DEFAULTS["images_per_id_cam"], height=DEFAULTS["height"],
+                 width=DEFAULTS["width"], seed=DEFAULTS["seed"], **kwargs):
+        self.root = root
+        self.dataset_dir = osp.join(root, type(self).dataset_dir)
+        self.data_dir = self.dataset_dir
+        self.market1501_500k = False
+        self.params = dict(num_train_ids=num_train_ids, num_test_ids=num_test_ids,
+                           num_cameras=num_cameras, images_per_id_cam=images_per_id_cam,
+                           height=height, width=width, seed=seed)
+        self.manifest = generate_synthetic_reid(self.dataset_dir, **self.params)
+        self.train_dir = osp.join(self.data_dir, "bounding_box_train")
+        self.query_dir = osp.join(self.data_dir, "query")
+        self.gallery_dir = osp.join(self.data_dir, "bounding_box_test")
+        self.check_before_run([self.data_dir, self.train_dir, self.query_dir, self.gallery_dir])
+
+        train = lambda: self.process_dir(self.train_dir)  # noqa: E731  (lazy, as Market1501)
+        query = lambda: self.process_dir(self.query_dir, is_train=False)  # noqa: E731
+        gallery = lambda: self.process_dir(self.gallery_dir, is_train=False)  # noqa: E731
+        ImageDataset.__init__(self, train, query, gallery, **kwargs)
+
+    def process_dir(self, dir_path, is_train=True):
+        # Market1501's reader, in file-name order (glob order is file-system dependent, which
+        # would make the sampler's index -> image mapping differ between machines).
+        return sorted(super().process_dir(dir_path, is_train=is_train))
+
+
+# ---------------------------------------------------------------- MSMT17 train+val
+
+@DATASET_REGISTRY.register()
+class MSMT17TrainVal(MSMT17):
+    """MSMT17 with the train+val training protocol (TransReID, GLTrans paper).
+
+    MSMT17's training identities (1041) come with two lists, ``list_train.txt`` (30,248 images)
+    and ``list_val.txt`` (2,373 images of the same identities). fast-reid's ``MSMT17`` trains on
+    ``list_train`` only, and adds ``list_val`` only under ``combineall=True`` -- which also adds
+    the whole query and gallery to training. The published numbers the paper compares with
+    train on list_train + list_val (32,621 images) and test on the usual query / gallery: that is
+    this class. ``combineall=True`` still means "also add query + gallery", on top of that.
+
+    Layout (the root itself holds the version folder, as fast-reid's ``MSMT17``)::
+
+        <root>/MSMT17_V2/{mask_train_v2/, mask_test_v2/, list_train.txt, list_val.txt,
+                          list_query.txt, list_gallery.txt}      (or MSMT17_V1/{train/, test/, ...})
+    """
+    dataset_name = "msmt17"  # same pid / camid prefix as MSMT17
+
+    def __init__(self, root="datasets", **kwargs):
+        check_dataset_root("MSMT17TrainVal", root)
+        combineall = bool(kwargs.pop("combineall", False))
+        super().__init__(root=root, **kwargs)  # train = list_train only
+        val = self.process_dir(self.train_dir, self.list_val_path)
+        train_paths = {item[0] for item in self._train}
+        val = [item for item in val if item[0] not in train_paths]
+        train_ids = {item[1] for item in self._train}
+        new_ids = {item[1] for item in val} - train_ids
+        logger.info("MSMT17TrainVal: %d list_train + %d list_val images (%d val identities not in "
+                    "list_train).", len(self._train), len(val), len(new_ids))
+        self._train = self._train + val
+        self.combineall = combineall
+        if combineall:
+            self.combine_all()
+        if self.mode == "train":
+            self.data = self.train

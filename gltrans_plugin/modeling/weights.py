@@ -1,0 +1,240 @@
+"""Pretrained weights for the GLTrans ViT (``backbone.GLTransViT``) from a local file.
+
+``checkpoint_filter_fn(state_dict, model)`` is pure (it never changes its input): it unwraps,
+renames and resizes a checkpoint into the model's key space:
+
+* wrappers: ``{"model": ...}`` (DeiT, fast-reid), ``{"state_dict": ...}``, ``module.`` (DDP);
+* prefixes: timm / ``jx_vit_base_p16_224`` / DeiT keys have none, TransReID-trained models live
+  under ``base.``, a fast-reid GLTrans checkpoint under ``backbone.``;
+* dropped (logged by name): classifier heads (``head.*``, ``head_dist.*``, ``pre_logits.*``), the
+  DeiT distillation token (and its row of ``pos_embed``), the final ``norm.*`` (copied into each
+  per-layer class-token LayerNorm ``cls_norms.k``), blocks deeper than the model builds, and
+  keys outside the backbone prefix;
+* ``pos_embed`` (1 x (1+N_old) x D) is resampled from the checkpoint grid to the model's (Hg, Wg)
+  with timm's ``resample_abs_pos_embed``; a 2-D ``patch_embed.proj.weight`` (old format) is
+  reshaped to the conv kernel; TransReID's ``sie_embed`` (T x 1 x D) becomes T x D;
+* a shape that cannot be adapted -> ValueError naming the key and both shapes.
+
+``load_pretrained(model, path)`` reads the file with ``torch.load(weights_only=True)`` (or
+safetensors) unless ``allow_pickle`` (MODEL.BACKBONE.ALLOW_PICKLE) is set, filters it, loads it
+non-strictly and logs every missing and unexpected key by name.
+"""
+import logging
+import math
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from typing import Dict, Optional, Sequence
+
+import torch
+from timm.layers import resample_abs_pos_embed
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["checkpoint_filter_fn", "load_pretrained", "read_checkpoint", "unwrap_state_dict"]
+
+_WRAPPER_KEYS = ("model", "state_dict", "module", "model_state", "model_state_dict")
+_FORMAT_PREFIX = {"timm": "", "deit": "", "transreid": "base.", "fastreid": "backbone."}
+_DROP_PREFIXES = ("head.", "head_dist.", "pre_logits.", "fc_norm.", "dist_token")
+# Keys of ours that an ImageNet checkpoint cannot have: missing them is normal.
+_NEW_KEYS = ("sie_embed",)
+
+
+def unwrap_state_dict(obj) -> Dict[str, torch.Tensor]:
+    """Strip ``model`` / ``state_dict`` / ... wrappers and ``module.`` prefixes (pure)."""
+    for _ in range(4):
+        if not isinstance(obj, Mapping):
+            break
+        inner = next((obj[k] for k in _WRAPPER_KEYS
+                      if k in obj and isinstance(obj[k], Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping) or not any(torch.is_tensor(v) for v in obj.values()):
+        raise ValueError(
+            "the checkpoint holds no state dict (no mapping of names to tensors, also not under "
+            f"any of the keys {list(_WRAPPER_KEYS)}); give a ViT weight file "
+            "(MODEL.BACKBONE.PRETRAIN_PATH).")
+    out = {}
+    for k, v in obj.items():
+        if not torch.is_tensor(v):
+            continue
+        while k.startswith("module."):
+            k = k[len("module."):]
+        out[k] = v
+    return out
+
+
+def _find_prefix(sd: Mapping, fmt: str) -> str:
+    if fmt != "auto":
+        if fmt not in _FORMAT_PREFIX:
+            raise ValueError(f"unknown MODEL.BACKBONE.PRETRAIN_FORMAT {fmt!r}; use 'auto' or one "
+                             f"of {sorted(_FORMAT_PREFIX)}.")
+        prefix = _FORMAT_PREFIX[fmt]
+        if prefix + "pos_embed" not in sd:
+            raise ValueError(f"the checkpoint has no '{prefix}pos_embed' key, so it is not in the "
+                             f"{fmt!r} format; set MODEL.BACKBONE.PRETRAIN_FORMAT 'auto'.")
+        return prefix
+    candidates = sorted((k[: -len("pos_embed")] for k in sd if k.endswith("pos_embed")), key=len)
+    if not candidates:
+        raise ValueError("the checkpoint has no 'pos_embed' key (with any prefix): it is not a ViT "
+                         "checkpoint; give timm / DeiT / TransReID ViT weights in "
+                         "MODEL.BACKBONE.PRETRAIN_PATH.")
+    return candidates[0]
+
+
+def _pos_grid(num_old: int, model_grid: Sequence[int], old_grid: Optional[Sequence[int]]):
+    if old_grid is not None:
+        old_grid = (int(old_grid[0]), int(old_grid[1]))
+        if old_grid[0] * old_grid[1] != num_old:
+            raise ValueError(f"old_grid {old_grid} has {old_grid[0] * old_grid[1]} cells but the "
+                             f"checkpoint's pos_embed has {num_old} patch positions.")
+        return old_grid
+    if num_old == model_grid[0] * model_grid[1]:
+        return tuple(model_grid)
+    side = math.isqrt(num_old)
+    if side * side == num_old:
+        return side, side
+    raise ValueError(
+        f"cannot tell the patch grid of the checkpoint's pos_embed ({num_old} positions: neither "
+        f"square nor the model's grid {tuple(model_grid)}); pass old_grid=(Hg, Wg) to "
+        f"checkpoint_filter_fn / load_pretrained.")
+
+
+def checkpoint_filter_fn(state_dict, model: nn.Module, fmt: str = "auto",
+                         old_grid: Optional[Sequence[int]] = None,
+                         interpolation: str = "bicubic") -> Dict[str, torch.Tensor]:
+    """Map a timm / jx_vit / DeiT / TransReID / fast-reid checkpoint onto ``model``'s keys.
+
+    Args:
+        state_dict: a state dict or a checkpoint wrapping one (not modified).
+        model: the ``GLTransViT`` to load into (only its shapes / grid are read).
+        fmt: "auto" (detect the key prefix) | "timm" | "deit" | "transreid" | "fastreid".
+        old_grid: the checkpoint's (Hg, Wg) when its pos_embed grid is neither square nor the
+            model's (e.g. a TransReID model trained at another size).
+        interpolation: "bicubic" (timm) or "bilinear" (TransReID) for the pos_embed resampling.
+    Returns: a new dict of tensors; keys the model lacks are kept (they show as unexpected).
+    """
+    sd = unwrap_state_dict(state_dict)
+    prefix = _find_prefix(sd, fmt)
+    dropped = [k for k in sd if not k.startswith(prefix)]
+    sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+    target = model.state_dict()
+    num_blocks = len(getattr(model, "blocks", ()))
+    num_norms = len(getattr(model, "cls_norms", ()))
+    num_prefix_tokens = 1 + int("dist_token" in sd)
+    out = {}
+    for k, v in sd.items():
+        if k.startswith(_DROP_PREFIXES):
+            dropped.append(prefix + k)
+            continue
+        if k.startswith("blocks.") and int(k.split(".")[1]) >= num_blocks:
+            dropped.append(prefix + k)  # deeper than any aggregated layer: not built
+            continue
+        if k in ("norm.weight", "norm.bias"):
+            if not any(key.startswith("cls_norms.") for key in sd):
+                for i in range(num_norms):
+                    out[f"cls_norms.{i}.{k.split('.')[1]}"] = v.clone()
+            dropped.append(prefix + k)  # the final norm is not kept by the model
+            continue
+        if k == "pos_embed" and "pos_embed" in target:
+            v = _adapt_pos_embed(v, target["pos_embed"], model, num_prefix_tokens, old_grid,
+                                 interpolation)
+        elif k == "patch_embed.proj.weight" and k in target and v.dim() < 4 \
+                and v.numel() == target[k].numel():
+            v = v.reshape(target[k].shape)  # old flattened linear patch embedding
+        elif k == "sie_embed" and k in target and v.dim() == 3 and v.shape[1] == 1:
+            v = v[:, 0]  # TransReID: T x 1 x D -> T x D
+        out[k] = v
+
+    for k, v in out.items():
+        if k in target and tuple(v.shape) != tuple(target[k].shape):
+            hint = (" (SIE table: set MODEL.BACKBONE.NUM_CAMERAS / NUM_VIEWS / SIE_* as in the "
+                    "checkpoint's training, or remove sie_embed from the file)"
+                    if k == "sie_embed" else " (check MODEL.BACKBONE.DEPTH / PATCH_SIZE)")
+            raise ValueError(f"checkpoint key '{prefix + k}' has shape {tuple(v.shape)} but the "
+                             f"model's '{k}' is {tuple(target[k].shape)}; it cannot be adapted"
+                             f"{hint}.")
+    if dropped:
+        logger.info("Pretrained weights: %d checkpoint keys not used by the backbone: %s",
+                    len(dropped), ", ".join(sorted(dropped)))
+    return out
+
+
+def _adapt_pos_embed(v, target, model, num_prefix_tokens, old_grid, interpolation):
+    if v.dim() == 2:
+        v = v.unsqueeze(0)  # N x D -> 1 x N x D
+    if v.dim() != 3 or v.shape[-1] != target.shape[-1]:
+        raise ValueError(f"checkpoint key 'pos_embed' has shape {tuple(v.shape)} but the model's "
+                         f"is {tuple(target.shape)}; it cannot be adapted (embedding dims differ: "
+                         f"check MODEL.BACKBONE.DEPTH).")
+    if num_prefix_tokens == 2:  # DeiT distilled: drop the distillation token's position
+        v = torch.cat([v[:, :1], v[:, 2:]], dim=1)  # 1 x (1+N_old) x D
+    model_grid = tuple(model.grid_size)
+    grid = _pos_grid(v.shape[1] - 1, model_grid, old_grid)
+    if grid == model_grid:
+        return v
+    logger.info("Pretrained weights: resampling pos_embed from grid %s to %s (%s).", grid,
+                model_grid, interpolation)
+    return resample_abs_pos_embed(v, new_size=list(model_grid), old_size=list(grid),
+                                  num_prefix_tokens=1, interpolation=interpolation)
+
+
+def read_checkpoint(path: str, allow_pickle: bool = False):
+    """Read a checkpoint file to CPU; ``weights_only=True`` unless ``allow_pickle``."""
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"pretrained weight file {path!r} not found. Set MODEL.BACKBONE.PRETRAIN_PATH to a "
+            f"local ViT checkpoint (timm / DeiT / TransReID), or MODEL.BACKBONE.PRETRAIN False.")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path, device="cpu")
+        except Exception as e:
+            raise ValueError(f"{path!r} is not a readable safetensors file: {e}") from e
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except pickle.UnpicklingError as e:
+        if not allow_pickle and zipfile.is_zipfile(path):
+            raise ValueError(
+                f"{path!r} holds pickled Python objects besides tensors, which weights_only "
+                f"loading refuses. If you trust the file, set MODEL.BACKBONE.ALLOW_PICKLE True "
+                f"(this runs code from the file), or re-save its state dict alone. ({e})") from e
+        raise ValueError(
+            f"{path!r} is not a PyTorch checkpoint (or is a legacy pickle file, which loads only "
+            f"with MODEL.BACKBONE.ALLOW_PICKLE True, if you trust it): {e}") from e
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path!r} is not a readable PyTorch checkpoint: {e}") from e
+
+
+def load_pretrained(model: nn.Module, path: str, allow_pickle: bool = False, fmt: str = "auto",
+                    old_grid: Optional[Sequence[int]] = None, interpolation: str = "bicubic"):
+    """Load ImageNet / TransReID weights from ``path`` into ``model`` (non-strict, logged).
+
+    Returns torch's ``_IncompatibleKeys`` (``missing_keys``, ``unexpected_keys``).
+    """
+    sd = checkpoint_filter_fn(read_checkpoint(path, allow_pickle), model, fmt=fmt,
+                              old_grid=old_grid, interpolation=interpolation)
+    target = model.state_dict()
+    if not any(k in target for k in sd):
+        raise ValueError(f"no key of {path!r} matches the backbone (first keys: "
+                         f"{sorted(sd)[:5]}); it is not a ViT checkpoint of a known format.")
+    result = model.load_state_dict(sd, strict=False)
+    new = [k for k in result.missing_keys if k.startswith(_NEW_KEYS)]
+    missing = [k for k in result.missing_keys if not k.startswith(_NEW_KEYS)]
+    if new:
+        logger.info("Pretrained weights: keys new in this model, left at their init: %s",
+                    ", ".join(new))
+    if missing:
+        logger.warning("Pretrained weights: %d model keys missing from %s: %s", len(missing),
+                       path, ", ".join(missing))
+    if result.unexpected_keys:
+        logger.warning("Pretrained weights: %d unexpected keys in %s (ignored): %s",
+                       len(result.unexpected_keys), path, ", ".join(result.unexpected_keys))
+    logger.info("Loaded pretrained backbone weights from %s (%d tensors).", path,
+                len(sd) - len(result.unexpected_keys))
+    return result
