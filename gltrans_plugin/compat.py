@@ -106,6 +106,19 @@ def rerank_on_cpu():
     compute_dist.compute_jaccard_distance = compute_jaccard_distance
 
 
+@_fix
+def flip_test_single_normalisation():
+    # fastreid/evaluation/evaluator.py: inference_on_dataset() flips inputs["images"] after the
+    # model (Baseline.preprocess_image) has normalised that tensor in place, so the flipped
+    # pass normalises twice and the flip-test features are wrong.  DefaultTrainer.test uses
+    # ours (gltrans_plugin/evaluation/inference.py): each pass gets its own copy of the images.
+    import fastreid.engine.defaults as defaults
+
+    from .evaluation.inference import inference_on_dataset
+
+    defaults.inference_on_dataset = inference_on_dataset
+
+
 # --------------------------------------------------------------------------- data
 @_fix
 def dataloader_without_cuda():

@@ -27,7 +27,7 @@ def test_every_fix_applied_once():
     if os.environ.get("GLTRANS_COMPAT_SKIP"):
         pytest.skip("a fix is deliberately skipped")
     assert compat.apply() == [f.__name__ for f in compat._FIXES]
-    assert len(set(compat.APPLIED)) == len(compat.APPLIED) == 14
+    assert len(set(compat.APPLIED)) == len(compat.APPLIED) == 15
 
 
 def test_fastreid_imports_only_through_plugin():
@@ -301,3 +301,31 @@ def test_resume_from_final_checkpoint_does_not_crash(tiny_market, tmp_path):
     res = trainer.train()  # fastreid: AttributeError: ... no attribute 'epoch'
     assert "mAP" in res
     assert gltrans_plugin.compat.APPLIED
+
+
+def test_default_trainer_flip_test_normalises_once():
+    import fastreid.engine.defaults as defaults
+    from fastreid.evaluation.evaluator import DatasetEvaluator
+
+    class InPlaceNorm(torch.nn.Module):  # like fastreid's Baseline.preprocess_image
+        def forward(self, batch):
+            x = batch["images"]
+            x.sub_(100.0).div_(50.0)
+            return x.mean(dim=(2, 3)) + x[:, :, :, 0].mean(-1)  # B x C, not flip invariant
+
+    class Keep(DatasetEvaluator):
+        def reset(self):
+            self.out = []
+
+        def process(self, inputs, outputs):
+            self.out.append(outputs)
+
+        def evaluate(self):
+            return torch.cat(self.out)
+
+    images = torch.rand(4, 3, 8, 4) * 255
+    loader = [{"images": images.clone(), "targets": torch.zeros(4), "camids": torch.zeros(4)}]
+    got = defaults.inference_on_dataset(InPlaceNorm(), loader, Keep(), flip_test=True)
+    model = InPlaceNorm()
+    ref = (model({"images": images.clone()}) + model({"images": images.flip(dims=[3])})) / 2
+    assert torch.allclose(got, ref, atol=1e-5)
