@@ -3,6 +3,10 @@ synthetic sizes, consistent camera ids), the optimizer without ContiguousParams,
 warm-up, a configurable log period, our evaluator, and an optional evaluation before training.
 
 No training loop of our own: everything runs through ``fastreid.engine.DefaultTrainer``.
+Reliability (``reliability.py``): config typos and impossible settings fail before data loading,
+data problems before the model is built, unreadable images name the file (or are skipped), the
+train sampler is deterministic per epoch so ``--resume`` continues with the same batches, and
+checkpoints are written atomically.
 """
 import logging
 import os
@@ -10,7 +14,7 @@ import os
 import torch
 from fastreid.config import get_cfg
 from fastreid.data import build_reid_test_loader, build_reid_train_loader
-from fastreid.data.common import CommDataset
+from fastreid.data.build import _train_loader_from_config
 from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.transforms import build_transforms
 from fastreid.engine import DefaultTrainer, default_setup, hooks
@@ -18,12 +22,16 @@ from fastreid.evaluation import ReidEvaluator
 from fastreid.solver import build_optimizer
 from fastreid.utils import comm
 from fastreid.utils.env import seed_all_rng
+from fastreid.utils.logger import setup_logger
 
+from . import reliability
 from .config import add_gltrans_config
 from .data import camera_index, check_dataset_root, synthetic_kwargs
+from .reliability import RobustCommDataset, check_data, merge_config, validate_config
 
 logger = logging.getLogger(__name__)
 
+reliability.install()  # atomic checkpoints, NaN-loss stop, loader errors raised (see there)
 
 
 def dataset_root(cfg):
@@ -44,6 +52,7 @@ class Trainer(DefaultTrainer):
     """``DefaultTrainer`` for GLTrans (and any fast-reid model) on today's stack."""
 
     def __init__(self, cfg):
+        validate_config(cfg)  # impossible settings fail here, before any data is read
         super().__init__(cfg)
         self._before_train_results = None
         if cfg.SOLVER.WARMUP_EPOCHS > 0:  # the LRScheduler hook reads trainer.warmup_iters
@@ -58,10 +67,20 @@ class Trainer(DefaultTrainer):
             if comm.is_main_process():
                 data.show_train()
             items.extend(data.train)
-        train_set = CommDataset(items, build_transforms(cfg, is_train=True), relabel=True)
+        train_set = RobustCommDataset(items, build_transforms(cfg, is_train=True), relabel=True,
+                                      skip_corrupt=cfg.DATALOADER.SKIP_CORRUPT)
         # Same camera index in training as in test (see camera_index).
         train_set.cam_dict = {c: camera_index(c) for c in train_set.cams}
-        return build_reid_train_loader(cfg, train_set=train_set)
+        num_pids = cfg.SOLVER.IMS_PER_BATCH // max(1, cfg.DATALOADER.NUM_INSTANCE)
+        if "Identity" in cfg.DATALOADER.SAMPLER_TRAIN and len(train_set.pids) < num_pids:
+            raise ValueError(  # fast-reid's identity sampler would loop forever without a batch
+                f"The training set has {len(train_set.pids)} identities but a batch needs "
+                f"{num_pids} (SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} / "
+                f"DATALOADER.NUM_INSTANCE {cfg.DATALOADER.NUM_INSTANCE}): lower IMS_PER_BATCH.")
+        sampler = _train_loader_from_config(cfg, train_set=train_set)["sampler"]
+        # deterministic per epoch, so a resumed run sees the same batches (reliability.py)
+        sampler = reliability.wrap_sampler(cfg, sampler, len(train_set))
+        return build_reid_train_loader(cfg, train_set=train_set, sampler=sampler)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -71,8 +90,9 @@ class Trainer(DefaultTrainer):
         if not data.query or not data.gallery:
             raise ValueError(f"Dataset {dataset_name}: empty query ({len(data.query)}) or "
                              f"gallery ({len(data.gallery)}); nothing to evaluate.")
-        test_set = CommDataset(data.query + data.gallery, build_transforms(cfg, is_train=False),
-                               relabel=False)
+        test_set = RobustCommDataset(data.query + data.gallery,
+                                     build_transforms(cfg, is_train=False), relabel=False,
+                                     skip_corrupt=cfg.DATALOADER.SKIP_CORRUPT)
         return build_reid_test_loader(cfg, test_set=test_set, num_query=len(data.query))
 
     @classmethod
@@ -100,6 +120,7 @@ class Trainer(DefaultTrainer):
     @staticmethod
     def auto_scale_hyperparams(cfg, num_classes):
         cfg = fill_num_cameras(cfg)
+        check_data(cfg, build_dataset)  # empty query / gallery, camera ids vs the SIE table
         cfg = DefaultTrainer.auto_scale_hyperparams(cfg, num_classes)
         if comm.is_main_process() and cfg.OUTPUT_DIR:  # config.yaml with every auto value
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
@@ -115,7 +136,21 @@ class Trainer(DefaultTrainer):
         return ret
 
     # ------------------------------------------------------------------ run
+    def resume_or_load(self, resume=True):
+        """fast-reid's resume_or_load; on resume the train sampler continues at the checkpoint's
+        next epoch, with the batches the uninterrupted run would have drawn there."""
+        out = super().resume_or_load(resume=resume)
+        if resume and self.start_epoch > 0:
+            reliability.restart_train_stream(self, self.start_epoch)
+        return out
+
     def train(self):
+        try:
+            return self._train()
+        finally:  # fast-reid leaves the prefetch thread running; stop it (reliability.py)
+            reliability.stop_train_stream(self)
+
+    def _train(self):
         if self.cfg.TEST.EVAL_BEFORE_TRAIN and self.start_epoch == 0:
             logger.info("Evaluating the model before training (TEST.EVAL_BEFORE_TRAIN).")
             self._before_train_results = self.test(self.cfg, self.model)
@@ -165,11 +200,7 @@ def setup_cfg(config_file="", opts=()):
     """fast-reid's get_cfg + our keys + a yaml + command-line opts, with device auto-selection."""
     cfg = get_cfg()
     add_gltrans_config(cfg)
-    if config_file:
-        if not os.path.isfile(config_file):
-            raise FileNotFoundError(f"Config file not found: {config_file}")
-        cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts or []))
+    merge_config(cfg, config_file, opts)  # an unknown key: ConfigKeyError naming it and the file
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     return cfg
@@ -178,6 +209,9 @@ def setup_cfg(config_file="", opts=()):
 def default_setup_gltrans(cfg, args):
     """fast-reid's default_setup, plus seeding from cfg.SEED and a device log line."""
     default_setup(cfg, args)
+    # fastreid's default_setup configures only the "fastreid" logger: ours log there too.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="gltrans_plugin",
+                 abbrev_name="gltrans")
     if cfg.SEED >= 0:
         seed_all_rng(cfg.SEED + comm.get_rank())
     log = logging.getLogger("fastreid")

@@ -1,0 +1,2 @@
+from . import heads, meta_arch  # noqa: F401,E402  (registers GLTransHead and GLTrans)
+from . import backbone  # noqa: F401,E402  (registers build_gltrans_backbone / build_gltrans_vit_backbone)

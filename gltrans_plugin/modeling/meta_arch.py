@@ -1,0 +1,163 @@
+"""``GLTrans`` meta-architecture: images + camera (and viewpoint) ids -> loss dict / test feature.
+
+Shape letters: B batch, 3 x H x W images, D embed dim, P parts, C identities.
+
+    batched_inputs {"images": B x 3 x H x W (0..255), "targets": B, "camids": B, ["viewids": B]}
+    -> backbone(images_normalised, camids, viewids)
+       {"cls": K x (B x D), "patches": K x (B x N x D), "grid": (Hg, Wg)}
+    -> GLTransHead
+       training: {"loss_ce_<branch>": scalar, "loss_triplet_<branch>": scalar}
+       eval:     test feature B x (P+2)D  (concat of MODEL.GLTRANS.TEST_BRANCHES)
+
+Unlike fast-reid's ``Baseline`` it normalises the batch out of place (the caller's tensor is left
+as it was, so flip-test does not normalise twice) and hands the ids to the backbone.
+"""
+
+import logging
+from typing import List, Optional, Sequence
+
+import torch
+from fastreid.config import configurable
+from fastreid.modeling.backbones import build_backbone
+from fastreid.modeling.heads import REID_HEADS_REGISTRY
+from fastreid.modeling.meta_arch import META_ARCH_REGISTRY, Baseline
+from torch import nn
+
+from .heads import GLTransHead
+from .losses import MultiBranchLoss, log_branch_accuracy
+
+logger = logging.getLogger(__name__)
+
+
+def aggregated_layer_numbers(backbone: nn.Module, agg_layers: Sequence[int]) -> List[int]:
+    """1-based layer numbers of the backbone's K outputs (they name the cls<l> branches).
+
+    In order of preference: ``backbone.layer_numbers`` (1-based); ``backbone.agg_layers``
+    (0-based block indices, in output order); AGG_LAYERS (python indices: -1 = last) mapped with
+    the backbone's ``depth``.
+    """
+    k = (
+        getattr(backbone, "num_layers_out", None)
+        or getattr(backbone, "num_agg", None)
+        or len(agg_layers)
+    )
+    numbers = getattr(backbone, "layer_numbers", None)
+    if numbers is None and getattr(backbone, "agg_layers", None) is not None:
+        numbers = [int(i) + 1 for i in backbone.agg_layers]
+    if numbers is None:
+        depth = getattr(backbone, "depth", None)
+        if not isinstance(depth, int):
+            raise ValueError(
+                "Cannot name the cls branches: the backbone exposes neither "
+                "`layer_numbers`, `agg_layers` nor its `depth`."
+            )
+        numbers = [(int(i) % depth) + 1 for i in agg_layers]
+    numbers = [int(n) for n in numbers]
+    if len(numbers) != k:
+        raise ValueError(f"The backbone returns {k} layers but names {len(numbers)}: {numbers}.")
+    return numbers
+
+
+@META_ARCH_REGISTRY.register()
+class GLTrans(Baseline):
+    """Baseline with GLTrans' head and multi-branch loss; see the module docstring."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        heads: GLTransHead,
+        pixel_mean,
+        pixel_std,
+        criterion: MultiBranchLoss,
+        loss_kwargs=None,
+    ):
+        super().__init__(
+            backbone=backbone,
+            heads=heads,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            loss_kwargs=loss_kwargs,
+        )
+        self.criterion = criterion
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        head_cls = REID_HEADS_REGISTRY.get(cfg.MODEL.HEADS.NAME)
+        if not (isinstance(head_cls, type) and issubclass(head_cls, GLTransHead)):
+            raise ValueError(
+                f"MODEL.META_ARCHITECTURE 'GLTrans' needs a GLTrans head; "
+                f"MODEL.HEADS.NAME is {cfg.MODEL.HEADS.NAME!r}: set it to "
+                f"'GLTransHead'."
+            )
+        numbers = aggregated_layer_numbers(backbone, cfg.MODEL.GLTRANS.AGG_LAYERS)
+        heads = head_cls(
+            cfg,
+            embed_dim=backbone.embed_dim,
+            layer_numbers=numbers,
+            num_heads=getattr(backbone, "num_heads", None),
+        )
+        criterion = MultiBranchLoss(
+            cfg,
+            branches=heads.branch_names,
+            entries=heads.branch_entries,
+            last_cls=heads.last_cls_name,
+        )
+        return {
+            "backbone": backbone,
+            "heads": heads,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "criterion": criterion,
+        }
+
+    @property
+    def feat_dim(self) -> int:
+        """Dimension of the test feature."""
+        return self.heads.feat_dim
+
+    def preprocess_image(self, batched_inputs) -> torch.Tensor:
+        """(x - mean) / std, out of place: the caller's tensor is not modified."""
+        if isinstance(batched_inputs, dict):
+            images = batched_inputs["images"]
+        elif isinstance(batched_inputs, torch.Tensor):
+            images = batched_inputs
+        else:
+            raise TypeError(
+                f"batched_inputs must be a dict or a Tensor, got {type(batched_inputs)}"
+            )
+        images = images.to(self.device)
+        if not images.is_floating_point():
+            images = images.float()
+        return (images - self.pixel_mean) / self.pixel_std
+
+    def _ids(self, batched_inputs, key: str) -> Optional[torch.Tensor]:
+        ids = batched_inputs.get(key) if isinstance(batched_inputs, dict) else None
+        if ids is None:
+            return None
+        return torch.as_tensor(ids).to(self.device)
+
+    def forward(self, batched_inputs):
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(
+            images,
+            camids=self._ids(batched_inputs, "camids"),
+            viewids=self._ids(batched_inputs, "viewids"),
+        )
+        if not self.training:
+            return self.heads(features)  # B x feat_dim
+        if not isinstance(batched_inputs, dict) or "targets" not in batched_inputs:
+            raise ValueError("Training needs batched_inputs['targets'] (identity labels).")
+        targets = torch.as_tensor(batched_inputs["targets"]).to(self.device)
+        if targets.sum() < 0:  # fast-reid's PreciseBN convention (no in-place change here)
+            targets = torch.zeros_like(targets)
+        outputs = self.heads(features, targets)
+        return self.losses(outputs, targets)
+
+    def losses(self, outputs, gt_labels):
+        """{"loss_ce_<branch>", "loss_triplet_<branch>"}: weighted terms summing to the loss."""
+        first = self.heads.branch_names[0]
+        log_branch_accuracy(outputs["logits"][first], gt_labels)
+        return self.criterion(outputs, gt_labels)
