@@ -64,3 +64,28 @@ def resnet_cfg(root, output_dir, **overrides):
     for k, v in opts.items():
         flat += [k, v if isinstance(v, str) else repr(v)]
     return setup_cfg("", flat)
+
+
+DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "configs", "GLTrans", "synthetic_demo.yml")
+
+
+def gltrans_small_cfg(root, output_dir, **overrides):
+    """The shipped synthetic demo config, shrunk: 64x32 images, a small synthetic set."""
+    from gltrans_plugin.engine import setup_cfg
+
+    opts = {
+        "DATASETS.ROOT": root, "OUTPUT_DIR": output_dir,
+        "DATASETS.SYNTHETIC.NUM_TRAIN_IDS": 16, "DATASETS.SYNTHETIC.NUM_TEST_IDS": 16,
+        "DATASETS.SYNTHETIC.NUM_CAMERAS": 3, "DATASETS.SYNTHETIC.IMAGES_PER_ID_CAM": 3,
+        "DATASETS.SYNTHETIC.HEIGHT": 64, "DATASETS.SYNTHETIC.WIDTH": 32,
+        "INPUT.SIZE_TRAIN": [64, 32], "INPUT.SIZE_TEST": [64, 32], "INPUT.PADDING.SIZE": 2,
+        "DATALOADER.NUM_WORKERS": 0, "SOLVER.IMS_PER_BATCH": 16, "SOLVER.LOG_PERIOD": 10,
+        "TEST.EVAL_BEFORE_TRAIN": False, "SOLVER.MAX_EPOCH": 2, "TEST.EVAL_PERIOD": 2,
+        "SOLVER.CHECKPOINT_PERIOD": 1,
+    }
+    opts.update(overrides)
+    flat = []
+    for k, v in opts.items():
+        flat += [k, v if isinstance(v, str) else repr(v)]
+    return setup_cfg(DEMO_CONFIG, flat)
