@@ -9,6 +9,9 @@ from . import compat
 compat.apply()
 
 from . import data, evaluation, modeling  # noqa: E402,F401  (register into fastreid)
+from . import reliability  # noqa: E402
+
+reliability.install()  # atomic checkpoints, finite-loss check, loader errors surfaced
 from .config import add_gltrans_config  # noqa: E402
 
 __all__ = ["add_gltrans_config", "compat"]

@@ -26,6 +26,8 @@ def add_gltrans_config(cfg):
     _C.DATASETS.SYNTHETIC.SEED = 0               # generator seed; same seed -> same files
     # A corrupt / unreadable image: False -> error naming the file; True -> skip it with a warning.
     _C.DATALOADER.SKIP_CORRUPT = False
+    # Per-epoch seeded training sampler (SEED + epoch): a resumed run sees the same batches.
+    _C.DATALOADER.EPOCH_SAMPLER = True
 
     # ------------------------------------------------------------------ model
     # (GLTrans architecture keys; see SPEC.md and README "Config switches".)

@@ -121,9 +121,10 @@ class Trainer(DefaultTrainer):
     def auto_scale_hyperparams(cfg, num_classes):
         cfg = fill_num_cameras(cfg)
         check_data(cfg, build_dataset)  # empty query / gallery, camera ids vs the SIE table
+        if comm.is_main_process() and cfg.OUTPUT_DIR:  # fast-reid writes config.yaml there
+            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         cfg = DefaultTrainer.auto_scale_hyperparams(cfg, num_classes)
         if comm.is_main_process() and cfg.OUTPUT_DIR:  # config.yaml with every auto value
-            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
             with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
                 f.write(cfg.dump())
         return cfg
@@ -168,7 +169,8 @@ def fill_num_cameras(cfg):
     """MODEL.BACKBONE.NUM_CAMERAS = 0 means 'from the training data': max camera index + 1."""
     if cfg.MODEL.BACKBONE.get("NUM_CAMERAS", 1) > 0:
         return cfg
-    cams = {camera_index(c) for name in cfg.DATASETS.NAMES for _, _, c in build_dataset(cfg, name).train}
+    cams = {camera_index(c) for name in cfg.DATASETS.NAMES
+            for _, _, c in build_dataset(cfg, name).train}
     cfg = cfg.clone()
     frozen = cfg.is_frozen()
     cfg.defrost()
@@ -177,6 +179,24 @@ def fill_num_cameras(cfg):
     if frozen:
         cfg.freeze()
     return cfg
+
+
+def fill_from_checkpoint(cfg, path):
+    """For evaluating a checkpoint with a leaf config: sizes left at 0 (MODEL.HEADS.NUM_CLASSES,
+    MODEL.BACKBONE.NUM_CAMERAS) are read from the checkpoint's classifier / SIE table, so the
+    model is built with the trained shapes; the camera table falls back to the training data."""
+    from .compat import safe_torch_load
+
+    sd = safe_torch_load(path).get("model", {})
+    cfg = cfg.clone()
+    cfg.defrost()
+    if cfg.MODEL.HEADS.NUM_CLASSES <= 0:
+        cls = [v for k, v in sd.items() if k.endswith("classifier.weight") or k == "heads.weight"]
+        if cls:
+            cfg.MODEL.HEADS.NUM_CLASSES = int(cls[0].shape[0])
+    if cfg.MODEL.BACKBONE.get("NUM_CAMERAS", 1) <= 0 and "backbone.sie_embed" in sd:
+        cfg.MODEL.BACKBONE.NUM_CAMERAS = int(sd["backbone.sie_embed"].shape[0])
+    return fill_num_cameras(cfg)
 
 
 def warmup_iters(cfg, iters_per_epoch):

@@ -9,10 +9,12 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import gltrans_plugin  # noqa: E402,F401  (compat fixes + registrations, before fastreid use)
+# gltrans_plugin must be imported before fastreid: it makes fastreid importable.
+import gltrans_plugin  # noqa: E402,F401  (compat fixes + registrations)
 from fastreid.engine import default_argument_parser, launch  # noqa: E402
 from fastreid.utils.checkpoint import Checkpointer  # noqa: E402
-from gltrans_plugin.engine import Trainer, default_setup_gltrans, fill_num_cameras, setup_cfg  # noqa: E402
+from gltrans_plugin.engine import (  # noqa: E402
+    Trainer, default_setup_gltrans, fill_from_checkpoint, setup_cfg)
 
 
 def setup(args):
@@ -25,7 +27,10 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        cfg = fill_num_cameras(cfg)  # the SIE table must match the trained one
+        if not os.path.isfile(cfg.MODEL.WEIGHTS):
+            raise FileNotFoundError(f"--eval-only needs MODEL.WEIGHTS, a trained checkpoint file; "
+                                    f"{cfg.MODEL.WEIGHTS!r} does not exist.")
+        cfg = fill_from_checkpoint(cfg, cfg.MODEL.WEIGHTS)  # trained classifier / SIE sizes
         cfg.defrost()
         cfg.MODEL.BACKBONE.PRETRAIN = False
         model = Trainer.build_model(cfg)

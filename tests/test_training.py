@@ -100,3 +100,9 @@ def test_train_net_trains_evaluates_checkpoints_and_resumes(synth_root, tmp_path
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "mAP" in r.stdout + r.stderr
+    # ... and with the shipped leaf config: class / camera counts come from the checkpoint
+    r = subprocess.run(base + ["--eval-only"] + opts + ["MODEL.WEIGHTS",
+                       os.path.join(out, "model_final.pth")], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Missing key" not in r.stdout + r.stderr and "mAP" in r.stdout + r.stderr
