@@ -9,7 +9,7 @@ from . import compat
 compat.apply()
 
 from . import data, evaluation, modeling  # noqa: E402,F401  (register into fastreid)
-from . import reliability  # noqa: E402
+from . import reliability, tools_lib  # noqa: E402,F401  (tools_lib registers GLTransDistiller)
 
 reliability.install()  # atomic checkpoints, finite-loss check, loader errors surfaced
 from .config import add_gltrans_config  # noqa: E402

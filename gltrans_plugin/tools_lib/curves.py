@@ -1,0 +1,166 @@
+"""Training curves from a fast-reid run folder: per-branch losses, learning rate, mAP / Rank-1.
+
+fast-reid's ``JSONWriter`` writes one JSON object per logged iteration to ``metrics.json``
+(``iteration``, ``total_loss``, ``loss_*``, ``lr``, ...).  Evaluation results are put into the
+same storage at the epoch's last iteration, which the writer has usually written already, so they
+are often missing from ``metrics.json``; they are then read from ``log.txt``'s
+"Evaluation results in csv format" tables (at the iteration of the preceding log line).
+"""
+import json
+import logging
+import os
+import re
+from typing import Dict, List, Optional
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["plot_curves", "read_eval_from_log", "read_metrics", "training_curves"]
+
+_ITER_RE = re.compile(r"epoch/iter:\s*(\d+)/(\d+)")
+_EVAL_KEYS = ("mAP", "Rank-1", "Rank-5", "mINP")
+
+
+def read_metrics(path: str) -> List[Dict]:
+    """The rows of a ``metrics.json`` (one JSON object per line; a bad line names its number)."""
+    rows = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n} is not a JSON object ({e}); is this fast-reid's "
+                                 f"metrics.json?") from None
+    if not rows:
+        raise ValueError(f"{path} holds no metrics rows (did the run log any iteration?).")
+    return rows
+
+
+def read_eval_from_log(path: str) -> List[Dict]:
+    """[{"iteration", "dataset", "mAP", "Rank-1", ...}] from fast-reid's result tables."""
+    out, iteration, header = [], 0, None
+    with open(path, errors="replace") as f:
+        for line in f:
+            m = _ITER_RE.search(line)
+            if m:
+                iteration = int(m.group(2))
+                continue
+            if "|" not in line:
+                header = None
+                continue
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if "mAP" in cells and "Dataset" in cells:
+                header = cells
+            elif header and len(cells) == len(header) and not set(cells[0]) <= set(":-"):
+                row = {"iteration": iteration, "dataset": cells[header.index("Dataset")]}
+                for k, v in zip(header, cells):
+                    if k in _EVAL_KEYS:
+                        try:
+                            row[k] = float(v)
+                        except ValueError:
+                            pass
+                if len(row) > 2:
+                    out.append(row)
+    return out
+
+
+def training_curves(run_dir_or_metrics: str) -> Dict:
+    """{"iteration": [...], "losses": {key: (iters, values)}, "lr": (iters, values),
+    "eval": {"mAP": (iters, values), "Rank-1": (...)}} from a run folder or a metrics.json."""
+    path = run_dir_or_metrics
+    run_dir = os.path.dirname(path) if path.endswith(".json") else path
+    metrics = path if path.endswith(".json") else os.path.join(path, "metrics.json")
+    if not os.path.isfile(metrics):
+        raise FileNotFoundError(f"no metrics.json at {metrics!r}: give a fast-reid OUTPUT_DIR "
+                                f"or the metrics.json file itself.")
+    rows = read_metrics(metrics)
+    losses: Dict[str, tuple] = {}
+    lr, evals = ([], []), {}
+    for r in rows:
+        it = r.get("iteration")
+        if it is None:
+            continue
+        for k, v in r.items():
+            if k.startswith("loss_") or k == "total_loss":
+                losses.setdefault(k, ([], []))
+                losses[k][0].append(it)
+                losses[k][1].append(float(v))
+            elif k == "lr":
+                lr[0].append(it)
+                lr[1].append(float(v))
+            else:
+                name = k.split("/")[-1]
+                if name in _EVAL_KEYS:
+                    evals.setdefault(name, ([], []))
+                    evals[name][0].append(it)
+                    evals[name][1].append(float(v))
+    log = os.path.join(run_dir, "log.txt")
+    if not evals and os.path.isfile(log):
+        for r in read_eval_from_log(log):
+            for k in _EVAL_KEYS:
+                if k in r:
+                    evals.setdefault(k, ([], []))
+                    evals[k][0].append(r["iteration"])
+                    evals[k][1].append(r[k])
+    return {"losses": losses, "lr": lr, "eval": evals}
+
+
+def _branch_groups(losses: Dict) -> Dict[str, Dict]:
+    """Split loss keys into CE-like / triplet-like / other panels (per-branch keys kept)."""
+    groups = {"classification (CE)": {}, "metric (triplet)": {}, "other": {}}
+    for k, v in losses.items():
+        if k == "total_loss":
+            continue
+        g = ("classification (CE)" if "_ce" in k or "cls" == k[5:8] else
+             "metric (triplet)" if "triplet" in k else "other")
+        groups[g][k[5:] if k.startswith("loss_") else k] = v
+    return {g: d for g, d in groups.items() if d}
+
+
+def plot_curves(curves: Dict, out_path: str, title: Optional[str] = None) -> str:
+    """PNG with the total loss, one panel per loss family (a line per branch), lr, mAP/Rank-1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = _branch_groups(curves["losses"])
+    panels = 1 + len(groups) + 1 + 1
+    fig, axes = plt.subplots(1, panels, figsize=(3.6 * panels, 3.2), squeeze=False)
+    axes = axes[0]
+    ax = axes[0]
+    if "total_loss" in curves["losses"]:
+        ax.plot(*curves["losses"]["total_loss"], color="k")
+    ax.set_title("total loss")
+    for ax, (name, d) in zip(axes[1:], groups.items()):
+        for k, (x, y) in sorted(d.items()):
+            ax.plot(x, y, label=k, lw=1.2)
+        ax.set_title(f"loss: {name}")
+        ax.legend(fontsize=6)
+    ax = axes[-2]
+    ax.plot(*curves["lr"], color="tab:purple")
+    ax.set_title("learning rate")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    ax = axes[-1]
+    for k, style in (("mAP", "o-"), ("Rank-1", "s--")):
+        if k in curves["eval"]:
+            ax.plot(*curves["eval"][k], style, label=k)
+    ax.set_title("evaluation (%)")
+    if curves["eval"]:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no evaluation logged", ha="center", va="center",
+                transform=ax.transAxes)
+    for ax in axes:
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    fig.savefig(out_path, dpi=80)
+    plt.close(fig)
+    logger.info("Training curves saved to %s", out_path)
+    return out_path

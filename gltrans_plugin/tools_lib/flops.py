@@ -1,0 +1,187 @@
+"""Parameters and FLOPs per module (fvcore), with fused attention counted, cross-checked.
+
+Shape letters: B batch, h heads, Nq / Nk query / key tokens, d head dim (dv of the values).
+
+fvcore counts by tracing (``torch.jit.trace``) and skips any op it has no handle for, with a
+warning.  timm's blocks (the backbone and PTL) use ``F.scaled_dot_product_attention``, so without
+a handle every attention product would be missing.  ``sdpa_flop_jit`` counts it as the two
+matrix products it is, in fvcore's unit (one multiply-add = one "flop"):
+    MACs = B * h * Nq * Nk * d  (Q K^T)  +  B * h * Nq * Nk * dv  (A V)
+softmax / scaling are element-wise and not counted, as fvcore leaves all element-wise ops out.
+
+Cross-check: ``torch.utils.flop_counter.FlopCounterMode`` counts 2 flops per multiply-add and only
+matrix products / convolutions / attention.  On CPU, attention runs as
+``aten._scaled_dot_product_flash_attention_for_cpu``, which FlopCounterMode has no formula for
+(it reports 0): ``torch_flops`` registers torch's own ``sdpa_flop_count`` for it.  The two totals
+then agree when fvcore is restricted to the same ops (``fvcore_matmul_macs``):
+``torch_flops == 2 * fvcore_matmul_macs``.  The table reports fvcore's full count (norms
+included, as fvcore does by default).
+"""
+import logging
+from collections import OrderedDict
+from typing import Dict, Optional, Sequence
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["InferenceWrapper", "count_flops", "fvcore_matmul_macs", "model_report",
+           "sdpa_flop_jit", "torch_flops"]
+
+# fvcore's default handles for the ops FlopCounterMode counts too (products, convolutions)
+_MATMUL_OPS = ("aten::addmm", "aten::bmm", "aten::_convolution", "aten::einsum", "aten::matmul",
+               "aten::mm", "aten::linear")
+
+
+def sdpa_flop_jit(inputs, outputs) -> int:
+    """fvcore handle for ``aten::scaled_dot_product_attention`` (multiply-adds, see module doc)."""
+    from fvcore.nn.jit_handles import get_shape
+
+    q, k, v = (get_shape(x) for x in inputs[:3])  # ... x Nq x d, ... x Nk x d, ... x Nk x dv
+    batch = 1
+    for s in q[:-2]:
+        batch *= s
+    nq, d = q[-2], q[-1]
+    nk, dv = k[-2], v[-1]
+    return int(batch * nq * nk * (d + dv))
+
+
+class InferenceWrapper(nn.Module):
+    """Tensor-in, tensor-out test forward of a fast-reid model, for tracing (fvcore, ONNX).
+
+    ``forward(images, camids=None)``: images B x 3 x H x W in 0..255 (unnormalised, as fast-reid
+    batches), camids B (int64) or None -> the model's test feature B x F.  The caller's tensor is
+    not modified (fast-reid's ``Baseline`` normalises in place).  Runs without gradients, as
+    inference does (this also makes MODEL.ATTN_IMPL "auto" pick fused attention, and keeps the
+    training-only attention switch, which reads shapes, out of traces).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, images: torch.Tensor, camids: Optional[torch.Tensor] = None):
+        batch = {"images": images.clone()}
+        if camids is not None:
+            batch["camids"] = camids
+        with torch.no_grad():
+            return self.model(batch)
+
+
+def _inputs(model, images, camids):
+    return (images,) if camids is None else (images, camids)
+
+
+def count_flops(model: nn.Module, images: torch.Tensor, camids=None, matmul_only=False):
+    """fvcore ``FlopCountAnalysis`` of the test forward with the attention handle installed."""
+    from fvcore.nn import FlopCountAnalysis
+
+    wrapped = model if isinstance(model, InferenceWrapper) else InferenceWrapper(model)
+    fca = FlopCountAnalysis(wrapped, _inputs(wrapped, images, camids))
+    if matmul_only:  # drop norms / pooling / upsampling (fvcore counts them, torch does not)
+        from fvcore.nn.flop_count import _DEFAULT_SUPPORTED_OPS
+
+        handles = {op: _DEFAULT_SUPPORTED_OPS[op] for op in _MATMUL_OPS}
+        fca.clear_op_handles()
+        fca.set_op_handle(**handles)
+    fca.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
+    fca.unsupported_ops_warnings(False)
+    fca.uncalled_modules_warnings(False)
+    fca.tracer_warnings("none")
+    return fca
+
+
+def fvcore_matmul_macs(model: nn.Module, images: torch.Tensor, camids=None) -> int:
+    """fvcore's total restricted to the ops FlopCounterMode counts (products, convs, attention)."""
+    return int(count_flops(model, images, camids, matmul_only=True).total())
+
+
+@torch.no_grad()
+def torch_flops(model: nn.Module, images: torch.Tensor, camids=None) -> int:
+    """``torch.utils.flop_counter.FlopCounterMode`` total (2 per multiply-add), CPU attention
+    included (module doc)."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_sdpa(query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query, key, value)
+
+    aten = torch.ops.aten
+    custom = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        custom[aten._scaled_dot_product_flash_attention_for_cpu] = cpu_sdpa
+    wrapped = model if isinstance(model, InferenceWrapper) else InferenceWrapper(model)
+    with FlopCounterMode(display=False, custom_mapping=custom) as counter:
+        wrapped(*_inputs(wrapped, images, camids))
+    return int(counter.get_total_flops())
+
+
+def _fmt(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.3f}{unit}"
+    return str(int(n))
+
+
+def model_report(model: nn.Module, images: torch.Tensor, camids=None, max_depth: int = 3,
+                 cross_check: bool = True) -> Dict:
+    """Parameters and FLOPs per module up to ``max_depth`` (a markdown table) and the totals.
+
+    Returns {"table": str, "rows": [(module, params, flops)], "params": int, "flops": int,
+    "flops_matmul": int, "torch_flops": int, "cross_check_ok": bool}.
+    """
+    from fvcore.nn import parameter_count
+
+    wrapped = InferenceWrapper(model)
+    images = images.to(next(model.parameters()).device)
+    fca = count_flops(wrapped, images, camids)
+    by_module = fca.by_module()
+    params = parameter_count(wrapped)
+    rows = []
+    for name in params:
+        depth = 0 if name == "" else name.count(".") + 1
+        if depth > max_depth + 1 or (name and not name.startswith("model")):
+            continue
+        if depth and name.split(".")[-1].isdigit() and depth > 2:
+            continue  # list items (blocks.0, blocks.1, ...): shown through their parent
+        shown = name[len("model."):] if name.startswith("model.") else (name or "model")
+        if shown == "model" and name:
+            continue
+        rows.append((shown or "model", int(params[name]), int(by_module.get(name, 0))))
+    out = OrderedDict(rows=rows, params=int(params[""]), flops=int(fca.total()))
+    lines = ["| module | parameters | FLOPs (fvcore, MACs) |", "|:--|--:|--:|"]
+    for name, p, f in rows:
+        indent = "&nbsp;&nbsp;" * (0 if name == "model" else name.count("."))
+        lines.append(f"| {indent}{name} | {_fmt(p)} | {_fmt(f)} |")
+    if cross_check:
+        out["flops_matmul"] = fvcore_matmul_macs(wrapped, images, camids)
+        out["torch_flops"] = torch_flops(wrapped, images, camids)
+        ok = abs(out["torch_flops"] - 2 * out["flops_matmul"]) <= 1e-6 * max(1, out["torch_flops"])
+        out["cross_check_ok"] = bool(ok)
+        lines += ["", f"Input {tuple(images.shape)}{'' if camids is None else ' + camera ids'}: "
+                      f"{_fmt(out['params'])} parameters, {_fmt(out['flops'])} fvcore FLOPs "
+                      f"(multiply-adds; attention counted).",
+                  f"Cross-check: fvcore products/convs/attention {_fmt(out['flops_matmul'])} "
+                  f"MACs x 2 = {_fmt(2 * out['flops_matmul'])}; torch FlopCounterMode "
+                  f"{_fmt(out['torch_flops'])} -> {'agree' if ok else 'DISAGREE'}."]
+        if not ok:
+            logger.warning("fvcore (x2) and FlopCounterMode totals differ: %d vs %d",
+                           2 * out["flops_matmul"], out["torch_flops"])
+    out["table"] = "\n".join(lines)
+    return out
+
+
+def example_inputs(cfg, batch: int = 1, with_camids: Optional[bool] = None,
+                   size: Optional[Sequence[int]] = None):
+    """(images B x 3 x H x W in 0..255, camids or None) at the config's test size."""
+    h, w = size or cfg.MODEL.get("EXPORT_SIZE", None) or cfg.INPUT.SIZE_TEST
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(batch, 3, int(h), int(w), generator=g) * 255
+    if with_camids is None:
+        with_camids = bool(cfg.MODEL.BACKBONE.get("SIE_CAMERA", False)) and \
+            cfg.MODEL.META_ARCHITECTURE == "GLTrans"
+    camids = None
+    if with_camids:
+        n = max(1, int(cfg.MODEL.BACKBONE.get("NUM_CAMERAS", 1)))
+        camids = torch.arange(batch, dtype=torch.long) % n
+    return images, camids
