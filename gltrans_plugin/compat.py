@@ -318,7 +318,8 @@ def cosine_with_zero_epochs():
 def amp_on_cpu():
     # fastreid/engine/train_loop.py: AMPTrainer.run_step asserts CUDA and uses the deprecated
     # torch.cuda.amp API.  Use torch.autocast on the model's device: fp16 + GradScaler on CUDA,
-    # bf16 (no scaler needed) on CPU.
+    # bf16 (no scaler needed) on CPU; `trainer.amp_dtype` ("auto" | "bf16" | "fp16", set by
+    # gltrans_plugin.engine.Trainer from SOLVER.AMP.DTYPE) overrides the choice.
     import time
     import torch
     from fastreid.engine import train_loop
@@ -329,12 +330,15 @@ def amp_on_cpu():
         start = time.perf_counter()
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
-        dtype = torch.float16 if device == "cuda" else torch.bfloat16
+        choice = getattr(self, "amp_dtype", "auto")
+        if choice == "auto":
+            choice = "fp16" if device == "cuda" else "bf16"
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[choice]
         with torch.autocast(device_type=device, dtype=dtype):
             loss_dict = self.model(data)
             losses = sum(loss_dict.values())
         self.optimizer.zero_grad()
-        use_scaler = device == "cuda" and self.grad_scaler.is_enabled()
+        use_scaler = dtype == torch.float16 and device == "cuda" and self.grad_scaler.is_enabled()
         (self.grad_scaler.scale(losses) if use_scaler else losses).backward()
         self._write_metrics(loss_dict, data_time)
         if use_scaler:

@@ -45,6 +45,14 @@ def add_gltrans_config(cfg):
     _C.MODEL.BACKBONE.ALLOW_PICKLE = False
     _C.MODEL.BACKBONE.GRAD_CHECKPOINT = False  # activation checkpointing of backbone blocks
 
+    # Attention kernel: "auto" (fused SDPA, except CPU training where the plain path measured
+    # faster, see docs/speed.md) | "fused" | "manual".
+    _C.MODEL.ATTN_IMPL = "auto"
+    # torch.compile the backbone blocks and PTL layers in place (warns, stays eager if unavailable).
+    _C.MODEL.COMPILE = False
+    # AMP dtype (SOLVER.AMP.ENABLED): "auto" = fp16 + GradScaler on CUDA, bf16 on CPU | "bf16" | "fp16".
+    _C.SOLVER.AMP.DTYPE = "auto"
+
     _C.MODEL.GLTRANS = CN()
     # Blocks whose tokens are aggregated (K = len). Negative = counted from the end (-1 = last);
     # the paper's "layers 10-12" of ViT-B is (-3, -2, -1).  Table 6.

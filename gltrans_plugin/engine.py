@@ -55,6 +55,10 @@ class Trainer(DefaultTrainer):
         validate_config(cfg)  # impossible settings fail here, before any data is read
         super().__init__(cfg)
         self._before_train_results = None
+        dtype = cfg.SOLVER.AMP.get("DTYPE", "auto")
+        if dtype not in ("auto", "bf16", "fp16"):
+            raise ValueError(f"SOLVER.AMP.DTYPE={dtype!r}: use 'auto', 'bf16' or 'fp16'.")
+        self._trainer.amp_dtype = dtype  # read by the AMPTrainer (compat.amp_on_cpu)
         if cfg.SOLVER.WARMUP_EPOCHS > 0:  # the LRScheduler hook reads trainer.warmup_iters
             self.warmup_iters = warmup_iters(cfg, self.iters_per_epoch)
 

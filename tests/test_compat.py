@@ -207,6 +207,11 @@ def test_amp_trainer_on_cpu_uses_bf16():
         trainer.run_step()  # fastreid: assert torch.cuda.is_available()
     assert seen == [torch.bfloat16]
     assert not torch.equal(before, model.lin.weight)
+    trainer.amp_dtype = "fp16"  # SOLVER.AMP.DTYPE
+    with EventStorage(0):
+        trainer.iter = 1
+        trainer.run_step()
+    assert seen[-1] == torch.float16
 
 
 def test_ddp_wrapper_accepts_cpu_model(tmp_path):

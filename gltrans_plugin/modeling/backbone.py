@@ -11,7 +11,8 @@ Shape letters:
 
 Forward:
     Z0 = [cls; PatchEmbed(x)] + pos + sie_coe * SIE[id]          B x (1+N) x D
-    Z_l = Block_l(Z_{l-1})  (timm pre-norm blocks, fused attention)
+    Z_l = Block_l(Z_{l-1})  (timm pre-norm blocks; attention fused SDPA or explicit, by
+                             ``attn_impl``, see speed.py)
     returns, for each aggregated layer l (in increasing depth):
         cls^l = LayerNorm_l(Z_l[:, 0])                             B x D
         X^l   = Z_l[:, 1:]  (no norm)                              B x N x D
@@ -20,6 +21,10 @@ Forward:
 Each aggregated layer has its own LayerNorm (``cls_norms``), initialised (and, from a pretrained
 file, loaded) as a copy of the ViT's final norm, as the authors' released code does. The final
 norm itself is not kept: every parameter takes part in the outputs.
+
+Speed switches: ``grad_checkpoint`` (MODEL.BACKBONE.GRAD_CHECKPOINT) recomputes each block in
+the backward pass instead of storing its activations; ``attn_impl`` (MODEL.ATTN_IMPL) and
+``compile_blocks`` (MODEL.COMPILE) as described in ``speed.py``.
 
 SIE ids: ``camids`` / ``viewids`` are LongTensors of shape B (or None).
     * ids None -> no SIE term at all (export, an unseen camera); logged once at debug level.
@@ -37,6 +42,9 @@ from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from .speed import (check_attn_impl, compile_fallback, compile_modules, is_compile_error,
+                    set_fused_attention, use_fused_attention)
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +168,8 @@ class GLTransViT(nn.Module):
         agg_layers: Sequence[int] = (-3, -2, -1),
         strict_ids: bool = True,
         grad_checkpoint: bool = False,
+        attn_impl: str = "auto",
+        compile_blocks: bool = False,
     ):
         super().__init__()
         if embed_dim <= 0 or depth <= 0 or num_heads <= 0:
@@ -219,7 +229,10 @@ class GLTransViT(nn.Module):
         # One LayerNorm per aggregated layer's class token (copies of the final norm).
         self.cls_norms = nn.ModuleList([norm_layer(embed_dim) for _ in self.agg_layers])
         self.grad_checkpoint = bool(grad_checkpoint)
+        self.attn_impl = check_attn_impl(attn_impl)
         self._init_weights()
+        self._compiled = bool(compile_blocks) and compile_modules(
+            self.blocks, "backbone blocks")
 
     @classmethod
     def from_config(cls, cfg):
@@ -248,6 +261,8 @@ class GLTransViT(nn.Module):
             "agg_layers": tuple(cfg.MODEL.GLTRANS.AGG_LAYERS),
             "strict_ids": bool(cfg.MODEL.GLTRANS.STRICT_CAMIDS),
             "grad_checkpoint": bool(bb.GRAD_CHECKPOINT),
+            "attn_impl": str(cfg.MODEL.get("ATTN_IMPL", "auto")),
+            "compile_blocks": bool(cfg.MODEL.get("COMPILE", False)),
         }
 
     # ------------------------------------------------------------------ init
@@ -338,13 +353,26 @@ class GLTransViT(nn.Module):
         if sie is not None:
             x = x + sie                                            # added to all tokens
         x = self.pos_drop(x)
+        if self._compiled:
+            try:
+                return self._blocks(x), grid
+            except Exception as e:  # noqa: BLE001  (only compile errors are caught)
+                if not is_compile_error(e):
+                    raise
+                compile_fallback(self.blocks, "the backbone blocks", e, logger)
+                self._compiled = False
+        return self._blocks(x), grid
+
+    def _blocks(self, x: torch.Tensor):
+        """B x (1+N) x D through the blocks -> the aggregated layers' outputs."""
+        set_fused_attention(self.blocks, use_fused_attention(self.attn_impl, x, x.shape[1]))
         outs = []
         use_ckpt = self.grad_checkpoint and self.training and torch.is_grad_enabled()
         for i, blk in enumerate(self.blocks):
             x = checkpoint(blk, x, use_reentrant=False) if use_ckpt else blk(x)
             if i in self.agg_layers:
                 outs.append(x)
-        return outs, grid
+        return outs
 
     def forward(self, x: torch.Tensor, camids=None, viewids=None) -> Dict[str, object]:
         """x: B x C x H x W -> {"cls": K x [B x D], "patches": K x [B x N x D],

@@ -56,18 +56,22 @@ class GMA(nn.Module):
             "reduction": g.REDUCTION,
         }
 
-    def scores(self, f_g: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """f_g: B x Dg, tokens F: B x N x D -> score: B x h x N (in (0, 1))."""
+    def _scores(self, f_g: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """f_g: B x Dg, tokens F: B x N x D -> score: B x N x h (token-major, no transposes)."""
         b, n, _ = tokens.shape
         h = self.num_heads
-        q = self.q(f_g).reshape(b, h, 1, -1)  # B x h x 1 x d
-        k = self.k(tokens).reshape(b, n, h, -1).transpose(1, 2)  # B x h x N x d
-        return torch.sigmoid((k * q).sum(-1))  # B x h x N
+        q = self.q(f_g).reshape(b, 1, h, -1)  # B x 1 x h x d
+        k = self.k(tokens).reshape(b, n, h, -1)  # B x N x h x d
+        return torch.sigmoid((k * q).sum(-1))  # B x N x h
+
+    def scores(self, f_g: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """f_g: B x Dg, tokens F: B x N x D -> score: B x h x N (in (0, 1))."""
+        return self._scores(f_g, tokens).transpose(1, 2)  # B x h x N
 
     def forward(self, f_g: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """f_g: B x Dg, F: B x N x D -> F_tilde: B x N x D."""
         b, n, d = tokens.shape
-        score = self.scores(f_g, tokens)  # B x h x N
+        score = self._scores(f_g, tokens).unsqueeze(-1)  # B x N x h x 1
         heads = tokens.reshape(b, n, self.num_heads, d // self.num_heads)  # B x N x h x D/h
-        weighted = heads * score.transpose(1, 2).unsqueeze(-1)  # B x N x h x D/h
-        return weighted.reshape(b, n, d) + tokens  # B x N x D
+        # F_tilde = F_heads * score + F, in one kernel
+        return torch.addcmul(heads, heads, score).reshape(b, n, d)  # B x N x D

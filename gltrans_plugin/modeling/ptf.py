@@ -32,7 +32,10 @@ FUSION_ORDERS = ("paper", "released")
 
 
 def tokens_to_map(x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
-    """B x N x D tokens (row-major grid) -> B x D x Hg x Wg map."""
+    """B x N x D tokens (row-major grid) -> B x D x Hg x Wg map.
+
+    A view (no copy) when each sample's tokens are contiguous: the map is then in channels-last
+    layout, which the convolutions take and return as is, so ``map_to_tokens`` is a view too."""
     b, n, d = x.shape
     hg, wg = grid
     if n != hg * wg:
@@ -71,7 +74,7 @@ class TokenMask(nn.Module):
             m = self.mask(x)  # B x N x D
         else:
             m = map_to_tokens(self.mask(tokens_to_map(x, grid)))  # B x N x D
-        return m * x + x
+        return torch.addcmul(x, m, x)  # mask * X + X, one kernel
 
 
 class PTF(nn.Module):

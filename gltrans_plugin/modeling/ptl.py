@@ -6,8 +6,9 @@ P parts, n_k patches in stripe k, T transformer layers.
     stripes: the Hg grid rows split into P horizontal stripes, as even as possible
              (21 rows, P=3 -> 7/7/7; P=6 -> 4/4/4/3/3/3)              P x (B x n_k x D)
     part k:  [t_k ; cls^{L-K+1} ; ... ; cls^L ; stripe-k tokens]      B x (1 + K + n_k) x D
-    T pre-norm transformer layers (timm Block, fused attention), shared across parts (paper)
-    or one stack per part, then LayerNorm; t_k is read out               B x D
+    T pre-norm transformer layers (timm Block; attention fused SDPA or explicit by
+    ``attn_impl``, see speed.py), shared across parts (paper) or one stack per part, then
+    LayerNorm; t_k is read out                                           B x D
     f_l = concat(t_1 .. t_P)                                             B x PD
 T = 0 (Table 9, Model-1): f_l = concat of each stripe's average token, no parameters at all.
 """
@@ -19,6 +20,9 @@ import torch
 from fastreid.config import configurable
 from timm.models.vision_transformer import Block, init_weights_vit_timm
 from torch import nn
+
+from .speed import (check_attn_impl, compile_fallback, compile_modules, is_compile_error,
+                    set_fused_attention, use_fused_attention)
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +70,8 @@ class PTL(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         part_token_init: str = "zeros",
+        attn_impl: str = "auto",
+        compile_blocks: bool = False,
     ):
         super().__init__()
         if num_parts < 1:
@@ -83,6 +89,8 @@ class PTL(nn.Module):
         self.embed_dim, self.num_parts, self.depth = embed_dim, num_parts, depth
         self.shared, self.with_cls, self.num_cls = shared, with_cls, num_cls
         self.out_dim = num_parts * embed_dim
+        self.attn_impl = check_attn_impl(attn_impl)
+        self._compiled = False
         if depth == 0:  # stripe average pooling: no parameters
             self.part_tokens = None
             self.stacks = None
@@ -108,6 +116,7 @@ class PTL(nn.Module):
         self.stacks.apply(init_weights_vit_timm)
         if part_token_init == "trunc_normal":
             nn.init.trunc_normal_(self.part_tokens, std=0.02)
+        self._compiled = bool(compile_blocks) and compile_modules(self._blocks(), "PTL layers")
 
     @classmethod
     def from_config(cls, cfg, embed_dim: int, num_cls: int, num_heads: Optional[int] = None):
@@ -121,7 +130,13 @@ class PTL(nn.Module):
             "num_cls": num_cls,
             "num_heads": num_heads,
             "part_token_init": p.PART_TOKEN_INIT,
+            "attn_impl": str(cfg.MODEL.get("ATTN_IMPL", "auto")),
+            "compile_blocks": bool(cfg.MODEL.get("COMPILE", False)),
         }
+
+    def _blocks(self) -> List[nn.Module]:
+        """The transformer blocks of every stack (not the final LayerNorms)."""
+        return [blk for st in (self.stacks or []) for blk in list(st)[:-1]]
 
     def split(self, tokens: torch.Tensor, grid: Tuple[int, int]) -> List[torch.Tensor]:
         """B x N x D -> P stripes, each B x n_k x D (n_k = rows_k * Wg)."""
@@ -140,22 +155,44 @@ class PTL(nn.Module):
         stripes = self.split(tokens, grid)
         if self.depth == 0:
             return torch.cat([s.mean(1) for s in stripes], dim=1)  # B x PD
-        b = tokens.shape[0]
-        prefix = []
-        if self.with_cls:
-            if len(cls_tokens) != self.num_cls:
-                raise ValueError(
-                    f"PTL was built for {self.num_cls} class tokens, got {len(cls_tokens)}."
-                )
-            prefix = [torch.stack(list(cls_tokens), dim=1)]  # B x K x D
-        seqs = [
-            torch.cat([self.part_tokens[k].expand(b, 1, -1), *prefix, s], dim=1)
-            for k, s in enumerate(stripes)
-        ]  # P x (B x (1+K+n_k) x D)
-        if self.shared and len({s.shape[1] for s in seqs}) == 1:
-            # equal stripes: run all parts as one batch through the shared stack
-            out = self.stacks[0](torch.cat(seqs, dim=0))[:, 0]  # P*B x D
-            parts = out.split(b, dim=0)  # P x (B x D)
-        else:
-            parts = [self.stacks[0 if self.shared else k](s)[:, 0] for k, s in enumerate(seqs)]
-        return torch.cat(list(parts), dim=1)  # B x PD
+        b, _, d = tokens.shape
+        if self.with_cls and len(cls_tokens) != self.num_cls:
+            raise ValueError(
+                f"PTL was built for {self.num_cls} class tokens, got {len(cls_tokens)}."
+            )
+        k_cls = self.num_cls if self.with_cls else 0
+        if self._compiled:
+            try:
+                return self._forward(tokens, stripes, cls_tokens, b, d, k_cls)
+            except Exception as e:  # noqa: BLE001  (only compile errors are caught)
+                if not is_compile_error(e):
+                    raise
+                compile_fallback(self._blocks(), "the PTL layers", e, logger)
+                self._compiled = False
+        return self._forward(tokens, stripes, cls_tokens, b, d, k_cls)
+
+    def _forward(self, tokens, stripes, cls_tokens, b: int, d: int, k_cls: int) -> torch.Tensor:
+        p = self.num_parts
+        if self.shared and len({s.shape[1] for s in stripes}) == 1:
+            # equal stripes: all parts as one batch through the shared stack, built by one cat
+            n_k = stripes[0].shape[1]
+            body = tokens.reshape(b, p, n_k, d).transpose(0, 1)  # P x B x n_k x D (view)
+            pieces = [self.part_tokens[:, None, None, :].expand(p, b, 1, d)]  # P x B x 1 x D
+            if k_cls:
+                cls = torch.stack(list(cls_tokens), dim=1)  # B x K x D
+                pieces.append(cls.unsqueeze(0).expand(p, b, k_cls, d))  # P x B x K x D
+            seq = torch.cat(pieces + [body], dim=2).reshape(p * b, 1 + k_cls + n_k, d)
+            # P*B x (1+K+n_k) x D
+            set_fused_attention(self.stacks[0], use_fused_attention(
+                self.attn_impl, seq, seq.shape[1]))
+            out = self.stacks[0](seq)[:, 0]  # P*B x D
+            return out.reshape(p, b, d).transpose(0, 1).reshape(b, p * d)  # B x PD
+        prefix = [torch.stack(list(cls_tokens), dim=1)] if k_cls else []  # B x K x D
+        parts = []
+        for k, s in enumerate(stripes):
+            seq = torch.cat([self.part_tokens[k].expand(b, 1, -1), *prefix, s], dim=1)
+            # B x (1+K+n_k) x D
+            stack = self.stacks[0 if self.shared else k]
+            set_fused_attention(stack, use_fused_attention(self.attn_impl, seq, seq.shape[1]))
+            parts.append(stack(seq)[:, 0])  # B x D
+        return torch.cat(parts, dim=1)  # B x PD
