@@ -95,8 +95,9 @@ def add_gltrans_config(cfg):
     # ------------------------------------------------------------------ engine / test
     # Evaluator used by gltrans_plugin.engine.Trainer: "fast" (chunked, ours) or "fastreid".
     _C.TEST.EVALUATOR = "fast"
-    # Queries per ranking chunk of our evaluator; memory ~ CHUNK_SIZE x gallery x 9 bytes.
-    _C.TEST.CHUNK_SIZE = 512
+    # Queries per ranking chunk of our evaluator; memory ~ CHUNK_SIZE x gallery x 4 bytes
+    # (+ ~tens of MB).
+    _C.TEST.CHUNK_SIZE = 1024
     # Where our evaluator's chunked ranking runs: "cpu" | "cuda".
     _C.TEST.EVAL_DEVICE = "cpu"
     # Evaluate once before the first training step and log it beside the final result.

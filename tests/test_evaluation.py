@@ -141,6 +141,78 @@ def test_errors():
                          [1, 1, 1], metric="jaccard")
 
 
+def _tie_features(rng, n, D=16):
+    """4 entries of +-1 per row: exact cosine / euclidean distances with many ties."""
+    x = np.zeros((n, D), np.float32)
+    for i in range(n):
+        x[i, rng.choice(D, 4, replace=False)] = rng.choice([-1, 1], 4)
+    return torch.from_numpy(x)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("ties", [False, True])
+def test_threaded_overlapped_and_device_paths_identical(metric, ties, monkeypatch):
+    import gltrans_plugin.evaluation.ranking as R
+
+    rng = np.random.default_rng(7)
+    Q, G = 70, 300
+    q, g = (_tie_features(rng, Q), _tie_features(rng, G)) if ties else (torch.randn(Q, 16),
+                                                                      torch.randn(G, 16))
+    qp, gp = rng.integers(0, 9, Q), rng.integers(0, 9, G)
+    qc, gc = rng.integers(0, 3, Q), rng.integers(0, 3, G)
+    dm = build_dist(q, g, metric)
+    ref = reference(dm, qp, gp, qc, gc, 20, stable=True)
+    base = evaluate_ranking(q, g, qp, gp, qc, gc, metric=metric, max_rank=20, chunk_size=16,
+                            threads=1)
+    assert_same(base, ref)
+    monkeypatch.setattr(R, "_BLOCK_ELEMS", 3 * G)  # 3 rows per block: many blocks per chunk
+    runs = [evaluate_ranking(q, g, qp, gp, qc, gc, metric=metric, max_rank=20, chunk_size=16,
+                             **kw)
+            for kw in (dict(threads=1), dict(threads=2), dict(threads=3, overlap=True),
+                       dict(threads=1, overlap=True))]
+    runs.append(rank_metrics_from_distmat(lambda s, e: torch.from_numpy(dm[s:e].copy()), qp,
+                                          gp, qc, gc, max_rank=20, chunk_size=9, overlap=True,
+                                          threads=2))
+
+    def device_bins(chunk, thr, sim, S, seg_start, seg_end, shift, gbits, counts, pool=None):
+        counts += R._device_bins(chunk, 0, thr, sim, S, shift, gbits)  # the GPU branch, on CPU
+
+    monkeypatch.setattr(R, "_candidate_bins", device_bins)
+    runs.append(evaluate_ranking(q, g, qp, gp, qc, gc, metric=metric, max_rank=20,
+                                 chunk_size=16))
+    for m in runs:
+        for k in ("cmc", "all_AP", "all_INP", "valid_query"):
+            np.testing.assert_array_equal(m[k], base[k])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_ranking_equals_fastreid():
+    rng = np.random.default_rng(3)
+    q, g = torch.randn(50, 32), torch.randn(400, 32)
+    qp, gp = rng.integers(0, 10, 50), rng.integers(0, 10, 400)
+    qc, gc = rng.integers(0, 3, 50), rng.integers(0, 3, 400)
+    for metric in ("cosine", "euclidean"):
+        ours = evaluate_ranking(q.cuda(), g.cuda(), qp, gp, qc, gc, metric=metric, max_rank=20,
+                                chunk_size=16)
+        ref = reference(build_dist(q.cuda(), g.cuda(), metric), qp, gp, qc, gc, 20, False)
+        np.testing.assert_array_equal(ours["cmc"], np.asarray(ref[0], dtype=np.float32))
+        np.testing.assert_allclose(ours["all_AP"], ref[1], rtol=0, atol=1e-12)
+
+
+def test_ordered_bits_sort_like_floats():
+    import gltrans_plugin.evaluation.ranking as R
+
+    x = np.array([-np.inf, -3e38, -2.0, -1.0, -1e-40, -0.0, 0.0, 1e-45, 1e-40, 0.5, 1.0,
+                  2.0, 3e38, np.inf], dtype=np.float32)
+    b = R._ordered_bits(x)
+    assert b.dtype == np.int64 and (b >= 0).all() and (b < 1 << 32).all()
+    assert (np.diff(b[[0, 1, 2, 3, 4, 5]]) > 0).all() and b[5] == b[6]  # -0.0 == 0.0
+    assert (np.diff(b[6:]) > 0).all()
+    y = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
+    np.testing.assert_array_equal(np.argsort(R._ordered_bits(y), kind="stable"),
+                                  np.argsort(y, kind="stable"))
+
+
 @pytest.mark.parametrize("k1,k2", [(20, 6), (5, 1), (8, 3)])
 def test_k_reciprocal_equals_fastreid(k1, k2):
     torch.manual_seed(k1)

@@ -15,13 +15,17 @@ reports:
 A query's metrics only need the position of each of its true matches among the valid (non-junk)
 items.  Position of a match = number of valid items ranked before it, so per chunk we
 
-1. compute the chunk's distances (``torch.mm``, the same formula as fastreid's ``build_dist``);
-2. gather the distances of the chunk's same-identity items (few per query);
-3. keep only the valid items at or below each query's largest true-match distance
-   (one comparison pass + ``nonzero``; for a useful model most of the row is farther away);
-4. place each kept negative among its query's sorted true matches with one ``searchsorted`` on
-   exact int64 keys ``(row, distance bits, gallery index)``; a ``bincount`` + ``cumsum`` turns
-   that into the number of negatives ranked before every true match.
+1. compute the chunk's distances (``torch.mm``, the same formula as fastreid's ``build_dist``;
+   for cosine the similarities, ``1 - s`` is formed only where it is needed, same bits);
+2. gather the distances of the chunk's same-identity items (few per query): matches, junk;
+3. order every item by the exact int64 key ``(row, distance bits, gallery index)``; S holds,
+   row after row, the sorted keys of the row's matches and a sentinel above the row's keys;
+4. scan the chunk in blocks of rows (in threads): keep the items at or below their row's
+   farthest match (one comparison + ``nonzero``; for a useful model most of a row is farther
+   away), ``searchsorted`` each kept key into S and ``bincount`` the bins: no sort of the kept
+   items and no identity lookup for them;
+5. a match's position = kept items in its row's bins up to it (they include the matches before
+   it) minus the junk there (junk keys are binned the same way).
 
 Ties.  fastreid ranks a row with ``np.argsort`` (quicksort), so the order of items at exactly
 equal distance is implementation-defined there.  Here ties are broken by gallery index (the
@@ -30,9 +34,11 @@ lower index ranks first): the result is exactly that of fastreid's code with
 distances in index order (always when no two valid items of a row share a distance).
 ``-0.0`` and ``0.0`` are equal distances; non-finite features raise ``ValueError``.
 
-Memory: features + O(C x G) per chunk (distances, a mask, the candidates), never Q x G.
+Memory: features + one C x G float32 chunk (two with ``overlap``) + per-block buffers bounded
+by ``_BLOCK_ELEMS`` rows x G entries, never Q x G.
 """
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Optional
 
 import numpy as np
@@ -105,10 +111,9 @@ def _chunk_scores(q: torch.Tensor, g: torch.Tensor, metric: str,
 
 def _ordered_bits(d: np.ndarray) -> np.ndarray:
     """float32 -> int64 in [0, 2^32) with the same order (and -0.0 == 0.0)."""
-    d = np.ascontiguousarray(d, dtype=np.float32) + np.float32(0.0)  # -0.0 + 0.0 = +0.0
-    i = d.view(np.int32).astype(np.int64)
-    i = np.where(i < 0, i ^ 0x7FFFFFFF, i)  # negative floats: reverse their order
-    return i + (1 << 31)
+    i = (np.asarray(d, dtype=np.float32) + np.float32(0.0)).view(np.int32)  # -0.0 -> +0.0
+    i ^= (i >> 31) & np.int32(0x7FFFFFFF)  # negative floats: reverse their order (signed int32)
+    return i.astype(np.int64) + (1 << 31)
 
 
 class _SamePidIndex:
@@ -130,81 +135,156 @@ class _SamePidIndex:
 
 # Bound on the rounding of ``1 - s`` for |1 - s| <= 2: a few ulps of 2.0 (float32).
 _SIM_MARGIN = np.float32(4 * np.spacing(np.float32(2.0)))
+# Distances scanned together on CPU (rows of a chunk per block): the block's mask stays in
+# cache and the candidate arrays of one block stay small even when every item is a candidate.
+_BLOCK_ELEMS = 1 << 21
 
 
-def _candidates(chunk, thr, sim: bool):
-    """Flat indices and distances of the entries at or below each row's threshold.
-
-    ``chunk`` is a C x G tensor of distances, or of similarities when ``sim`` (cosine: the
-    distance ``1 - s`` is formed for the kept entries only, bit-identical to forming it
-    everywhere).  Runs on the chunk's device; returns numpy arrays."""
+def _gather(chunk: torch.Tensor, rows: np.ndarray, cols: np.ndarray, sim: bool) -> np.ndarray:
+    """float32 distances at (rows, cols) of a chunk (``1 - s`` when ``sim``)."""
     if chunk.device.type == "cpu":
-        a = chunk.numpy()
-        if sim:
-            idx = np.flatnonzero(a >= (np.float32(1.0) - thr - _SIM_MARGIN)[:, None])
-            return idx, np.float32(1.0) - a.reshape(-1)[idx]
-        idx = np.flatnonzero(a <= thr[:, None])
-        return idx, a.reshape(-1)[idx]
-    t = torch.from_numpy(thr).to(chunk.device)
+        d = chunk.numpy()[rows, cols]
+    else:
+        d = chunk[torch.from_numpy(rows).to(chunk.device),
+                  torch.from_numpy(cols).to(chunk.device)].cpu().numpy()
+    return np.float32(1.0) - d if sim else d
+
+
+def _block_bins(a: np.ndarray, r0: int, r1: int, thr: np.ndarray, sim: bool, S: np.ndarray,
+                seg_start: np.ndarray, seg_end: np.ndarray, shift: int, gbits: int):
+    """Bin counts of the candidates of rows ``r0:r1`` of a C x G numpy chunk.
+
+    A candidate is an entry at or below its row's threshold ``thr`` (with ``sim``, a
+    similarity at or above ``1 - thr``, less a rounding margin: a few entries just above
+    ``thr`` may be kept; they land in the row's sentinel bin).  Its bin is the first key of S
+    above its key.  Returns (s0, s1, counts of S[s0:s1]) or None when nothing is kept.  Numpy
+    releases the GIL in the heavy steps, so blocks can run in threads."""
+    G = a.shape[1]
+    blk = a[r0:r1]  # rows x G, contiguous
     if sim:
-        idx = (chunk >= (1.0 - t - float(_SIM_MARGIN)).unsqueeze(1)).view(-1).nonzero()
-        idx = idx.squeeze(1)
-        return idx.cpu().numpy(), (1.0 - chunk.view(-1)[idx]).cpu().numpy()
-    idx = (chunk <= t.unsqueeze(1)).view(-1).nonzero().squeeze(1)
-    return idx.cpu().numpy(), chunk.view(-1)[idx].cpu().numpy()
+        mask = blk >= (np.float32(1.0) - thr[r0:r1] - _SIM_MARGIN)[:, None]
+    else:
+        mask = blk <= thr[r0:r1, None]
+    idx = np.flatnonzero(mask)  # M, row by row
+    if idx.size == 0:
+        return None
+    d = blk.reshape(-1)[idx]
+    if sim:
+        d = np.float32(1.0) - d  # the same bits as fastreid's 1 - (q @ g.T)
+    r = np.repeat(np.arange(r0, r1, dtype=np.int64), np.count_nonzero(mask, axis=1))
+    # key (row, bits, col) = row << shift | bits << gbits | (idx - (row - r0) * G)
+    keys = r * ((1 << shift) - G)
+    keys += idx + r0 * G
+    keys += _ordered_bits(d) << gbits
+    s0, s1 = int(seg_start[r[0]]), int(seg_end[r[-1]])  # the block's rows in S
+    b = np.searchsorted(S[s0:s1], keys, side="right")
+    return s0, s1, np.bincount(b, minlength=s1 - s0)
+
+
+def _device_bins(blk: torch.Tensor, r0: int, thr: np.ndarray, sim: bool, S: np.ndarray,
+                 shift: int, gbits: int) -> np.ndarray:
+    """Bin counts (len(S)) of the candidates of rows ``r0:`` (``blk``, on any device): one
+    comparison + ``nonzero`` there, then only the kept entries go to the host."""
+    G = blk.shape[1]
+    t = torch.from_numpy(thr).to(blk.device).unsqueeze(1)
+    mask = blk >= (1.0 - t - float(_SIM_MARGIN)) if sim else blk <= t
+    idx = mask.view(-1).nonzero().squeeze(1)
+    d = blk.reshape(-1)[idx].cpu().numpy()
+    if sim:
+        d = np.float32(1.0) - d
+    r, c = np.divmod(idx.cpu().numpy(), G)
+    r += r0
+    keys = (r << shift) | (_ordered_bits(d) << gbits) | c
+    return np.bincount(np.searchsorted(S, keys, side="right"), minlength=len(S))
+
+
+def _candidate_bins(chunk: torch.Tensor, thr: np.ndarray, sim: bool, S: np.ndarray,
+                    seg_start: np.ndarray, seg_end: np.ndarray, shift: int, gbits: int,
+                    counts: np.ndarray, pool=None) -> None:
+    """Add to ``counts`` (len(S)) the number of candidates of the chunk in each bin of S."""
+    C, G = chunk.shape
+    live = np.flatnonzero(thr > -np.inf)  # rows with no match keep nothing
+    if live.size == 0:
+        return
+    lo_r, hi_r = int(live[0]), int(live[-1]) + 1
+    if chunk.device.type != "cpu":
+        counts += _device_bins(chunk[lo_r:hi_r], lo_r, thr[lo_r:hi_r], sim, S, shift, gbits)
+        return
+    a = chunk.numpy()
+    step = max(1, _BLOCK_ELEMS // G)
+    args = [(a, r0, min(r0 + step, hi_r), thr, sim, S, seg_start, seg_end, shift, gbits)
+            for r0 in range(lo_r, hi_r, step)]
+    results = pool.map(lambda x: _block_bins(*x), args) if pool is not None and len(args) > 1 \
+        else (_block_bins(*x) for x in args)
+    for res in results:
+        if res is not None:
+            s0, s1, h = res
+            counts[s0:s1] += h
 
 
 def _chunk_metrics(chunk: torch.Tensor, sim: bool, rows: np.ndarray, cols: np.ndarray,
-                   q_pids, q_camids, g_pids, g_camids, gbits: int):
+                   q_camids, g_camids, gbits: int, pool=None):
     """Metrics of one chunk.
 
     chunk: C x G distances (or similarities when ``sim``); (rows, cols): the chunk's same-pid
-    pairs (P).  Returns (valid C, first-match position C, AP C, INP C) as numpy arrays."""
+    pairs (P), grouped by row.  Returns (valid C, first-match position C, AP C, INP C).
+
+    Every item is ordered by the exact int64 key ``(row, distance bits, gallery index)``.  S
+    holds, row after row, the sorted keys of the row's true matches and one sentinel above
+    every key of the row.  Each candidate (an entry at or below its row's farthest match) and
+    each junk item falls into the bin of the first S key above it (one ``searchsorted`` into
+    the small S, one ``bincount``; no sort of the candidates, no pid lookup per candidate);
+    the position of a match among the valid items is then the running count of candidates
+    minus junk in its row's bins up to it."""
     C, G = chunk.shape
-    # junk (same pid, same camera) is dropped; what is left of the same-pid pairs are matches
-    is_pos = g_camids[cols] != q_camids[rows]
-    rows, cols = rows[is_pos], cols[is_pos]
-    n_pos = np.bincount(rows, minlength=C)  # C
+    shift = 32 + gbits
+    d_same = _gather(chunk, rows, cols, sim)  # P: matches and junk
+    keys = (rows << shift) | (_ordered_bits(d_same) << gbits) | cols
+    is_pos = g_camids[cols] != q_camids[rows]  # same camera: junk, dropped from the list
+    n_pos = np.bincount(rows[is_pos], minlength=C)  # C
     valid = n_pos > 0
     first = np.zeros(C, dtype=np.int64)
     ap = np.zeros(C, dtype=np.float64)
     inp = np.zeros(C, dtype=np.float64)
-    if rows.size == 0:
+    if not valid.any():
         return valid, first, ap, inp
 
-    r_t, c_t = torch.from_numpy(rows).to(chunk.device), torch.from_numpy(cols).to(chunk.device)
-    dpos = chunk[r_t, c_t].cpu().numpy()  # P
-    if sim:
-        dpos = np.float32(1.0) - dpos
-    shift = 32 + gbits
-    pos_keys = np.sort((rows << shift) | (_ordered_bits(dpos) << gbits) | cols)  # per row asc.
-    row_start = np.cumsum(n_pos) - n_pos  # C
-    p_rows = pos_keys >> shift
-    k_in_row = np.arange(len(pos_keys)) - row_start[p_rows]
-
-    # only valid negatives at or below a row's farthest match move any match down
+    sentinel = ((np.arange(C, dtype=np.int64) + 1) << shift) - 1  # above every key of its row
+    S = np.sort(np.concatenate([keys[is_pos], sentinel]))  # P' + C, row by row
+    seg_end = np.cumsum(n_pos + 1)  # C; a row's S entries: its matches, then its sentinel
+    seg_start = seg_end - n_pos - 1
+    # junk ranked before a key is not counted (it is not in fastreid's list)
+    counts = -np.bincount(np.searchsorted(S, keys[~is_pos], side="right"), minlength=len(S))
     thr = np.full(C, -np.inf, dtype=np.float32)
-    np.maximum.at(thr, rows, dpos)
-    cand, cand_d = _candidates(chunk, thr, sim)  # M
-    c_rows, c_cols = np.divmod(cand, G)
-    neg = g_pids[c_cols] != q_pids[c_rows]  # same-pid items are matches or junk
-    c_keys = np.sort((c_rows[neg] << shift) | (_ordered_bits(cand_d[neg]) << gbits)
-                     | c_cols[neg])
-    # negatives before each match = keys below it in its row (keys are unique: gallery index)
-    before = np.searchsorted(c_keys, pos_keys) - np.searchsorted(c_keys, p_rows << shift)
-    rank = (k_in_row + before).astype(np.float64)  # 0-based position among valid items
-
-    np.add.at(ap, p_rows, (k_in_row + 1) / (rank + 1.0))  # precision at each match
+    np.maximum.at(thr, rows[is_pos], d_same[is_pos])  # a row's farthest match
+    _candidate_bins(chunk, thr, sim, S, seg_start, seg_end, shift, gbits, counts, pool)
+    cum = np.concatenate([[0], np.cumsum(counts)])  # cum[i]: candidates - junk in bins < i
+    is_match = np.ones(len(S), dtype=bool)
+    is_match[seg_end - 1] = False
+    pos_idx = np.flatnonzero(is_match)  # P', the matches' places in S, row by row
+    p_rows = np.repeat(np.arange(C), n_pos)
     vi = np.flatnonzero(valid)
+    # position among valid items = candidates ranked before the match (they include the
+    # matches before it and junk, which is subtracted) = cum[i + 1] - cum[row start]
+    rank = (cum[pos_idx + 1] - cum[seg_start[p_rows]]).astype(np.float64)
+    k_in_row = pos_idx - seg_start[p_rows]  # matches ranked before this one
+    np.add.at(ap, p_rows, (k_in_row + 1) / (rank + 1.0))  # precision at each match
     ap[vi] /= n_pos[vi]
-    first[vi] = rank[row_start[vi]].astype(np.int64)
-    inp[vi] = n_pos[vi] / (rank[row_start[vi] + n_pos[vi] - 1] + 1.0)
+    row_first = np.cumsum(n_pos[vi]) - n_pos[vi]  # offset of each valid row in pos_idx
+    first[vi] = rank[row_first].astype(np.int64)
+    inp[vi] = n_pos[vi] / (rank[row_first + n_pos[vi] - 1] + 1.0)
     return valid, first, ap, inp
 
 
-def _ranking_loop(num_q: int, score_fn: Callable[[int, int], tuple], q_pids, g_pids,
-                  q_camids, g_camids, max_rank: int, chunk_size: int,
-                  progress: bool) -> RankMetrics:
+def _ranking_loop(num_q: int, score_fn: Callable[[int, int, int], tuple], q_pids, g_pids,
+                  q_camids, g_camids, max_rank: int, chunk_size: int, progress: bool,
+                  overlap: bool = False, threads: Optional[int] = None) -> RankMetrics:
+    """Score chunk by chunk with ``score_fn(start, end, slot)`` and gather the metrics.
+
+    overlap: the metrics of a chunk are computed in a worker thread while ``score_fn`` makes
+    the next chunk (``slot`` alternates 0 / 1 so the two chunks can use separate buffers).
+    threads: worker threads that scan blocks of a chunk's rows for candidates (default: torch's
+    intra-op thread count, so no more cores are busy than during the products)."""
     q_pids, g_pids = _ids(q_pids), _ids(g_pids)
     q_camids, g_camids = _ids(q_camids), _ids(g_camids)
     num_g = len(g_pids)
@@ -215,35 +295,60 @@ def _ranking_loop(num_q: int, score_fn: Callable[[int, int], tuple], q_pids, g_p
         raise ValueError("empty query or gallery set")
     if chunk_size < 1:
         raise ValueError(f"chunk size must be >= 1, got {chunk_size}; set TEST.CHUNK_SIZE.")
+    if threads is None:
+        threads = torch.get_num_threads()
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     gbits = max(1, int(num_g - 1).bit_length())
     if gbits > 30:
         raise ValueError(f"gallery of {num_g} items is too large for exact int64 keys")
     # int64 key = row | distance bits (32) | gallery index (gbits): rows per chunk are bounded
-    chunk_size = min(chunk_size, 1 << (63 - 32 - gbits))
+    chunk_size = min(chunk_size, (1 << (63 - 32 - gbits)) - 1)  # sentinel of the last row too
     max_rank = min(max_rank, num_g)
     index = _SamePidIndex(g_pids)
 
     valid_l, first_l, ap_l, inp_l = [], [], [], []
-    starts = range(0, num_q, chunk_size)
-    it = starts
+    n_chunks = -(-num_q // chunk_size)  # equal chunks: no small, inefficient last product
+    bounds = [num_q * i // n_chunks for i in range(n_chunks + 1)]
+    it = range(n_chunks)
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(starts, desc="ranking", unit="chunk", leave=False)
-    for s in it:
-        e = min(s + chunk_size, num_q)
-        scores, sim = score_fn(s, e)
-        if tuple(scores.shape) != (e - s, num_g):
-            raise ValueError(f"distance chunk has shape {tuple(scores.shape)}, "
-                             f"expected {(e - s, num_g)}")
+        it = tqdm(it, desc="ranking", unit="chunk", leave=False)
+    block_pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    chunk_pool = ThreadPoolExecutor(1) if overlap else None
+
+    def metrics(scores, sim, s, e):
         rows, cols = index.lookup(q_pids[s:e])
-        v, f, a, i = _chunk_metrics(scores.to(torch.float32).contiguous(), sim, rows, cols,
-                                    q_pids[s:e], q_camids[s:e], g_pids, g_camids, gbits)
-        del scores
-        valid_l.append(v)
-        first_l.append(f)
-        ap_l.append(a)
-        inp_l.append(i)
+        return _chunk_metrics(scores, sim, rows, cols, q_camids[s:e], g_camids, gbits,
+                              block_pool)
+
+    def collect(res):
+        for lst, x in zip((valid_l, first_l, ap_l, inp_l), res):
+            lst.append(x)
+
+    pending = None
+    try:
+        for n in it:
+            s, e = bounds[n], bounds[n + 1]
+            scores, sim = score_fn(s, e, n % 2)
+            if tuple(scores.shape) != (e - s, num_g):
+                raise ValueError(f"distance chunk has shape {tuple(scores.shape)}, "
+                                 f"expected {(e - s, num_g)}")
+            scores = scores.to(torch.float32).contiguous()
+            if chunk_pool is None:
+                collect(metrics(scores, sim, s, e))
+                continue
+            if pending is not None:  # chunk n - 1 (its buffer is reused by chunk n + 1)
+                collect(pending.result())
+            pending = chunk_pool.submit(metrics, scores, sim, s, e)
+            del scores
+        if pending is not None:
+            collect(pending.result())
+    finally:
+        for pool in (block_pool, chunk_pool):
+            if pool is not None:
+                pool.shutdown(wait=True)
     valid = np.concatenate(valid_l)
     first = np.concatenate(first_l)[valid]
     num_valid = int(valid.sum())
@@ -268,17 +373,25 @@ def _ids(x) -> np.ndarray:
 def evaluate_ranking(q_feats: torch.Tensor, g_feats: torch.Tensor, q_pids, g_pids, q_camids,
                      g_camids, metric: str = "cosine", max_rank: int = 50,
                      chunk_size: int = 512, device=None, progress: bool = False,
-                     prepared: bool = False, inplace: bool = False) -> RankMetrics:
+                     prepared: bool = False, inplace: bool = False, overlap: bool = False,
+                     threads: Optional[int] = None) -> RankMetrics:
     """Exact CMC / AP / INP of ``q_feats`` against ``g_feats`` in query chunks.
 
     Args:
         q_feats, g_feats: Q x D and G x D features (any float dtype; computed in float32).
         q_pids, g_pids, q_camids, g_camids: 1-D int arrays / tensors.
         metric: "cosine" (1 - cosine similarity) or "euclidean" (squared), as fastreid.
-        chunk_size: queries per chunk; memory is about ``chunk_size * G * 9`` bytes.
+        chunk_size: at most this many queries per chunk (chunks are made equal).  Working
+            memory is about ``chunk_size * G * 4`` bytes (twice that with ``overlap``) plus a
+            few tens of MB of per-block buffers; larger chunks amortise the product's packing
+            of the gallery (1024 is within ~3% of one whole product on CPU).
         device: where distances are computed (default: the features' device).
         prepared: features already went through :func:`prepare_features` (skips a copy).
         inplace: cosine features may be normalised in place (saves a Q x D + G x D copy).
+        overlap: rank chunk n in a worker thread while chunk n + 1's distances are computed
+            (two chunk buffers instead of one).  Same numbers either way.
+        threads: worker threads scanning a chunk's rows for candidates (CPU; default
+            ``torch.get_num_threads()``).  Same numbers for any value.
     Returns:
         :class:`RankMetrics` (same numbers as fastreid's ``evaluate_rank``).
     """
@@ -290,22 +403,27 @@ def evaluate_ranking(q_feats: torch.Tensor, g_feats: torch.Tensor, q_pids, g_pid
     if q_feats.shape[1] != g_feats.shape[1]:
         raise ValueError(f"query features are {q_feats.shape[1]}-d, gallery {g_feats.shape[1]}-d")
     g_sq = g_feats.pow(2).sum(dim=1) if metric == "euclidean" else None
-    buf = torch.empty(min(chunk_size, len(q_feats)) * len(g_feats), dtype=torch.float32,
-                      device=device)  # reused by every chunk
+    n_buf = 2 if overlap and len(q_feats) > chunk_size else 1
+    bufs = [torch.empty(min(chunk_size, len(q_feats)) * len(g_feats), dtype=torch.float32,
+                        device=device) for _ in range(n_buf)]  # reused chunk after chunk
 
-    def score_fn(s, e):
-        out = buf[: (e - s) * len(g_feats)].view(e - s, len(g_feats))  # C x G
+    def score_fn(s, e, slot):
+        out = bufs[slot % n_buf][: (e - s) * len(g_feats)].view(e - s, len(g_feats))  # C x G
         return _chunk_scores(q_feats[s:e], g_feats, metric, g_sq, out=out)
 
     return _ranking_loop(len(q_feats), score_fn, q_pids, g_pids, q_camids, g_camids,
-                         max_rank, chunk_size, progress)
+                         max_rank, chunk_size, progress, overlap, threads)
 
 
 @torch.no_grad()
 def rank_metrics_from_distmat(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50,
-                              chunk_size: int = 512, progress: bool = False) -> RankMetrics:
+                              chunk_size: int = 512, progress: bool = False,
+                              overlap: bool = False,
+                              threads: Optional[int] = None) -> RankMetrics:
     """Same metrics from a given Q x G distance matrix (numpy or tensor), or from a callable
-    ``(start, end) -> (end - start) x G tensor`` together with ``len(q_pids)`` queries."""
+    ``(start, end) -> (end - start) x G tensor`` together with ``len(q_pids)`` queries.
+    With ``overlap`` the callable runs for chunk n + 1 while chunk n is ranked in a thread, so
+    it must not overwrite the tensor it returned for chunk n during that call."""
     if callable(distmat):
         fn, num_q = distmat, len(q_pids)
     else:
@@ -315,11 +433,11 @@ def rank_metrics_from_distmat(distmat, q_pids, g_pids, q_camids, g_camids, max_r
         def fn(s, e):
             return dm[s:e]
 
-    def score_fn(s, e):
+    def score_fn(s, e, slot):
         return torch.as_tensor(fn(s, e)), False
 
     return _ranking_loop(num_q, score_fn, q_pids, g_pids, q_camids, g_camids, max_rank,
-                         chunk_size, progress)
+                         chunk_size, progress, overlap, threads)
 
 
 def summarize(metrics: RankMetrics, ranks=(1, 5, 10)) -> Dict[str, float]:
