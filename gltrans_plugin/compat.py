@@ -184,7 +184,8 @@ def test_loader_num_workers():
         out["num_workers"] = cfg.DATALOADER.NUM_WORKERS
         return out
 
-    fn = configurable(from_config=_test_loader_from_config)(build.build_reid_test_loader.__wrapped__)
+    undecorated = build.build_reid_test_loader.__wrapped__
+    fn = configurable(from_config=_test_loader_from_config)(undecorated)
     fn._gltrans_patched = True
     build._test_loader_from_config = _test_loader_from_config
     build.build_reid_test_loader = fn

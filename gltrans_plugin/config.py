@@ -50,7 +50,8 @@ def add_gltrans_config(cfg):
     _C.MODEL.ATTN_IMPL = "auto"
     # torch.compile the backbone blocks and PTL layers in place (warns, stays eager if unavailable).
     _C.MODEL.COMPILE = False
-    # AMP dtype (SOLVER.AMP.ENABLED): "auto" = fp16 + GradScaler on CUDA, bf16 on CPU | "bf16" | "fp16".
+    # AMP dtype (SOLVER.AMP.ENABLED): "auto" = fp16 + GradScaler on CUDA, bf16 on CPU
+    # | "bf16" | "fp16".
     _C.SOLVER.AMP.DTYPE = "auto"
 
     _C.MODEL.GLTRANS = CN()
@@ -67,7 +68,8 @@ def add_gltrans_config(cfg):
     _C.MODEL.GLTRANS.PTF = CN({"ENABLED": True})
     _C.MODEL.GLTRANS.PTF.REDUCTION = 4        # r of the mask MLP (D -> D/r -> D)
     _C.MODEL.GLTRANS.PTF.MASK = "linear"      # "linear" (paper) | "conv_bn" (released code)
-    _C.MODEL.GLTRANS.PTF.FUSION_ORDER = "paper"  # "paper": 1x1,3x3,BN,GELU | "released": 1x1,GELU,BN,3x3
+    # "paper": 1x1, 3x3, BN, GELU | "released": 1x1, GELU, BN, 3x3
+    _C.MODEL.GLTRANS.PTF.FUSION_ORDER = "paper"
     # GMA (eq. 8-10): global-guided per-head patch scores.
     _C.MODEL.GLTRANS.GMA = CN({"ENABLED": True})
     _C.MODEL.GLTRANS.GMA.NUM_HEADS = 12       # h; must divide D.  Table 10

@@ -129,7 +129,8 @@ def test_to_tensor_numpy2(mode, value, expected, dtype):
     ref = torch.tensor(expected, dtype=dtype).view(channels, 1, 1).expand_as(t)
     assert torch.equal(t, ref)
     arr = np.arange(24, dtype=np.uint8).reshape(2, 4, 3)
-    assert torch.equal(ToTensor()(Image.fromarray(arr)), torch.from_numpy(arr).permute(2, 0, 1).float())
+    expected_rgb = torch.from_numpy(arr).permute(2, 0, 1).float()
+    assert torch.equal(ToTensor()(Image.fromarray(arr)), expected_rgb)
 
 
 def test_posterize_zero_bits():

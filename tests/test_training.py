@@ -24,7 +24,8 @@ def _losses(output_dir):
 
 
 def _iterations(output_dir):
-    return [json.loads(line)["iteration"] for line in open(os.path.join(output_dir, "metrics.json"))]
+    with open(os.path.join(output_dir, "metrics.json")) as f:
+        return [json.loads(line)["iteration"] for line in f]
 
 
 def test_trainer_steps_change_weights_and_lower_loss(synth_root, tmp_path):
@@ -95,7 +96,8 @@ def test_train_net_trains_evaluates_checkpoints_and_resumes(synth_root, tmp_path
     assert max(_iterations(out)) == (last_iter + 1) * 3 // 2 - 1  # one more epoch
     # --eval-only on the final weights, with the run's saved config (auto-scaled values in it)
     saved = [sys.executable, base[1], "--config-file", os.path.join(out, "config.yaml")]
-    r = subprocess.run(saved + ["--eval-only", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"),
+    final = os.path.join(out, "model_final.pth")
+    r = subprocess.run(saved + ["--eval-only", "MODEL.WEIGHTS", final,
                                 "DATALOADER.NUM_WORKERS", "0"],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
