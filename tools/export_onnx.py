@@ -23,11 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__)
-    p.add_argument("--config-file", required=True, help="the model's yaml")
-    p.add_argument("--weights", default="", help="trained checkpoint (else MODEL.WEIGHTS)")
+    from gltrans_plugin.tools_lib.loading import model_arg_parser
+
+    p = model_arg_parser(__doc__, "the model's yaml", "trained checkpoint (else MODEL.WEIGHTS)")
     p.add_argument("--output", default="model.onnx", help="ONNX file to write")
     cam = p.add_mutually_exclusive_group()
     cam.add_argument("--camids", dest="camids", action="store_true", default=None,

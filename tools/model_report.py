@@ -20,11 +20,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__)
-    p.add_argument("--config-file", required=True, help="the model's yaml")
-    p.add_argument("--weights", default="", help="checkpoint (optional; sizes read from it)")
+    from gltrans_plugin.tools_lib.loading import model_arg_parser
+
+    p = model_arg_parser(__doc__, "the model's yaml", "checkpoint (optional; sizes read from it)")
     p.add_argument("--max-depth", type=int, default=2, help="module depth shown in the table")
     p.add_argument("--batch", type=int, default=1, help="batch size of the counted forward")
     p.add_argument("--no-camids", action="store_true", help="count without camera ids (no SIE)")

@@ -23,11 +23,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__)
-    p.add_argument("--config-file", required=True, help="GLTrans model yaml")
-    p.add_argument("--weights", default="", help="its trained checkpoint (else MODEL.WEIGHTS)")
+    from gltrans_plugin.tools_lib.loading import model_arg_parser
+
+    p = model_arg_parser(__doc__, "GLTrans model yaml",
+                         "its trained checkpoint (else MODEL.WEIGHTS)")
     p.add_argument("--baseline-config", default="", help="ViT baseline yaml (side by side)")
     p.add_argument("--baseline-weights", default="", help="ViT baseline checkpoint")
     p.add_argument("--images", nargs="*", default=[], help="image files (else test queries)")

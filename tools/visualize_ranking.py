@@ -21,11 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__)
-    p.add_argument("--config-file", required=True, help="the model's yaml")
-    p.add_argument("--weights", default="", help="trained checkpoint (else MODEL.WEIGHTS)")
+    from gltrans_plugin.tools_lib.loading import model_arg_parser
+
+    p = model_arg_parser(__doc__, "the model's yaml", "trained checkpoint (else MODEL.WEIGHTS)")
     p.add_argument("--dataset", default=None, help="test set name (default: DATASETS.TESTS[0])")
     p.add_argument("--num-queries", type=int, default=6, help="queries (rows) to draw")
     p.add_argument("--topk", type=int, default=8, help="gallery images per query")

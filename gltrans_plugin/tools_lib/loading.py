@@ -123,3 +123,16 @@ def build_test_loader(cfg, dataset_name: Optional[str] = None):
 
     name = dataset_name or cfg.DATASETS.TESTS[0]
     return Trainer.build_test_loader(cfg, name)
+
+
+def model_arg_parser(doc, config_help="the model's yaml",
+                     weights_help="trained checkpoint (else MODEL.WEIGHTS)"):
+    """The argument parser every model-facing tool starts from: its docstring as help text,
+    --config-file and --weights."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.split("\n")[0], epilog=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", required=True, help=config_help)
+    p.add_argument("--weights", default="", help=weights_help)
+    return p
