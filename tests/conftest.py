@@ -33,6 +33,26 @@ def write_tiny_market(root, *, train_ids=8, test_ids=6, cams=3, size=(64, 32), s
     return root
 
 
+def opts_list(opts):
+    """{"KEY": value} -> fast-reid's command-line form ["KEY", "value", ...]."""
+    flat = []
+    for k, v in opts.items():
+        flat += [k, v if isinstance(v, str) else repr(v)]
+    return flat
+
+
+def set_keys(cfg, opts):
+    """Set dotted config keys ({"MODEL.BACKBONE.DEPTH": "tiny"}) on ``cfg`` as given (no
+    yacs type coercion); returns ``cfg``."""
+    for k, v in opts.items():
+        node = cfg
+        *path, last = k.split(".")
+        for p in path:
+            node = getattr(node, p)
+        setattr(node, last, v)
+    return cfg
+
+
 @pytest.fixture(scope="session")
 def tiny_market(tmp_path_factory):
     return write_tiny_market(str(tmp_path_factory.mktemp("tiny_market")))
@@ -60,10 +80,7 @@ def resnet_cfg(root, output_dir, **overrides):
         "OUTPUT_DIR": output_dir, "SEED": 0,
     }
     opts.update(overrides)
-    flat = []
-    for k, v in opts.items():
-        flat += [k, v if isinstance(v, str) else repr(v)]
-    return setup_cfg("", flat)
+    return setup_cfg("", opts_list(opts))
 
 
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -85,7 +102,4 @@ def gltrans_small_cfg(root, output_dir, **overrides):
         "SOLVER.CHECKPOINT_PERIOD": 1,
     }
     opts.update(overrides)
-    flat = []
-    for k, v in opts.items():
-        flat += [k, v if isinstance(v, str) else repr(v)]
-    return setup_cfg(DEMO_CONFIG, flat)
+    return setup_cfg(DEMO_CONFIG, opts_list(opts))

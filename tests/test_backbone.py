@@ -7,6 +7,7 @@ from fastreid.modeling.backbones import build_backbone
 import gltrans_plugin  # noqa: F401  (compat first)
 from gltrans_plugin.config import add_gltrans_config
 from gltrans_plugin.modeling.backbone import GLTransViT, GLTransViTFeatureMap, patch_grid
+from conftest import set_keys
 
 
 def tiny(**kw):
@@ -24,13 +25,7 @@ def gltrans_cfg(**opts):
     cfg.MODEL.BACKBONE.STRIDE_SIZE = (12, 12)
     cfg.MODEL.BACKBONE.NUM_CAMERAS = 4
     cfg.INPUT.SIZE_TRAIN = [64, 32]
-    for k, v in opts.items():
-        node = cfg
-        *path, last = k.split(".")
-        for p in path:
-            node = getattr(node, p)
-        setattr(node, last, v)
-    return cfg
+    return set_keys(cfg, opts)
 
 
 @pytest.mark.parametrize("size,stride,grid", [((256, 128), 12, (21, 10)),

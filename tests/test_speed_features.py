@@ -14,6 +14,7 @@ from gltrans_plugin.config import add_gltrans_config
 from gltrans_plugin.modeling import speed
 from gltrans_plugin.modeling.backbone import GLTransViT
 from gltrans_plugin.modeling.ptl import PTL
+from conftest import set_keys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,13 +39,7 @@ def gltrans_cfg(**opts):
     cfg.MODEL.DEVICE = "cpu"
     cfg.INPUT.SIZE_TRAIN = [76, 32]
     cfg.INPUT.SIZE_TEST = [76, 32]
-    for k, v in opts.items():
-        node = cfg
-        *path, last = k.split(".")
-        for p in path:
-            node = getattr(node, p)
-        setattr(node, last, v)
-    return cfg
+    return set_keys(cfg, opts)
 
 
 def batch(b=8, size=(76, 32), seed=0):
