@@ -22,6 +22,13 @@ process's lifetime peak RSS (imports ~0.8 GB, features included).  See docs/eval
     python bench/eval_bench.py --num-query 11659 --num-gallery 82161 --skip fastreid_py
     python bench/eval_bench.py --full          # MSMT17 scale (ours + matmul; fastreid where
                                                # --fastreid-max-pairs allows), ~6-8 min
+    python bench/eval_bench.py --full --device cuda   # the same on the GPU (matmul + ours)
+
+``--device cuda``: features are generated on the GPU (same seed, other numbers than on CPU)
+and both contenders start from GPU-resident features after a warm-up (cuBLAS start-up, the
+first chunk): ``matmul`` is then the bare fp32 product (TF32 off, as the evaluator's), ``ours``
+``evaluate_ranking(device="cuda")``; times are wall times with ``torch.cuda.synchronize``;
+memory is ``max_memory_allocated`` during the timed work (GPU) beside the RSS (host).
 """
 import argparse
 import json
@@ -61,25 +68,26 @@ def _reset_peak():
         return False
 
 
-def make_features(args):
+def make_features(args, device="cpu"):
     """Deterministic structured features: pid centre + camera offset + noise (float32)."""
     import torch
 
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
     D = args.dim
-    centres = torch.randn(args.num_ids, D, generator=gen)
-    cams = torch.randn(args.num_cams, D, generator=gen) * args.cam_scale
+    centres = torch.randn(args.num_ids, D, generator=gen, device=device)
+    cams = torch.randn(args.num_cams, D, generator=gen, device=device) * args.cam_scale
 
     def split(n):
-        pids = torch.arange(n) % args.num_ids
-        pids = pids[torch.randperm(n, generator=gen)]
-        camids = torch.randint(0, args.num_cams, (n,), generator=gen)
-        feats = torch.empty(n, D)
+        pids = torch.arange(n, device=device) % args.num_ids
+        pids = pids[torch.randperm(n, generator=gen, device=device)]
+        camids = torch.randint(0, args.num_cams, (n,), generator=gen, device=device)
+        feats = torch.empty(n, D, device=device)
         for s in range(0, n, 512):  # small blocks: few transient pages
             e = min(s + 512, n)
             feats[s:e] = centres[pids[s:e]] + cams[camids[s:e]]
-            feats[s:e].add_(torch.randn(e - s, D, generator=gen), alpha=args.noise)
-        return feats, pids.numpy(), camids.numpy()
+            feats[s:e].add_(torch.randn(e - s, D, generator=gen, device=device),
+                            alpha=args.noise)
+        return feats, pids.cpu().numpy(), camids.cpu().numpy()
 
     q = split(args.num_query)
     g = split(args.num_gallery)
@@ -134,7 +142,20 @@ def worker(args):
 
     torch.set_num_threads(args.threads)
     evaluate_cy = _build_cython(args.scratch) if args.worker == "fastreid_cy" else None
-    (qf, qp, qc), (gf, gp, gc) = make_features(args)
+    cuda = args.device == "cuda"
+    if cuda and args.worker.startswith("fastreid"):
+        raise SystemExit("--device cuda: the fastreid contenders run on CPU only (use --skip)")
+    (qf, qp, qc), (gf, gp, gc) = make_features(args, args.device)
+    from gltrans_plugin.evaluation.ranking import evaluate_ranking, full_fp32_matmul
+
+    if cuda:  # warm-up: cuBLAS start-up and a first chunk, outside the timings
+        evaluate_ranking(qf[:256].clone(), gf, qp[:256], gp, qc[:256], gc, metric=args.metric,
+                         chunk_size=args.chunk_size, device="cuda")
+        with full_fp32_matmul("cuda"):
+            torch.mm(qf[:256], gf.t())
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        gpu_before = torch.cuda.memory_allocated()
     rss_before = _rss_mb()
     hwm_reset = _reset_peak()  # from here VmHWM is the peak of the contender's own work
     out = {}
@@ -145,16 +166,17 @@ def worker(args):
 
         if args.metric == "cosine":
             qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
+        if cuda:
+            torch.cuda.synchronize()
         c0 = time.process_time()
         t0 = time.perf_counter()  # bare product only
-        d = torch.mm(qf, gf.t())
-        out["checksum"] = float(d[0, 0])
+        with full_fp32_matmul(args.device):
+            d = torch.mm(qf, gf.t())
+        out["checksum"] = float(d[0, 0])  # (synchronises on CUDA)
         del d
     elif args.worker == "ours":
-        from gltrans_plugin.evaluation.ranking import evaluate_ranking
-
         m = evaluate_ranking(qf, gf, qp, gp, qc, gc, metric=args.metric, max_rank=50,
-                             chunk_size=args.chunk_size, inplace=True)
+                             chunk_size=args.chunk_size, inplace=True, device=args.device)
         out.update(cmc=m["cmc"].tolist(), mAP=float(np.mean(m["all_AP"])),
                    mINP=float(np.mean(m["all_INP"])), num_valid=m["num_valid"])
     else:
@@ -180,8 +202,12 @@ def worker(args):
             cmc, ap, inp = evaluate_rank(dist, qp, gp, qc, gc, max_rank=50, use_cython=False)
         out.update(cmc=np.asarray(cmc).tolist(), mAP=float(np.mean(ap)),
                    mINP=float(np.mean(inp)), num_valid=len(ap))
+    if cuda:
+        torch.cuda.synchronize()
     out["time_s"] = time.perf_counter() - t0
     out["cpu_s"] = time.process_time() - c0  # all threads: robust to other load, not to spin
+    if cuda:
+        out["gpu_work_mb"] = (torch.cuda.max_memory_allocated() - gpu_before) / 2**20
     # lifetime peak (imports, feature generation and the contender's work)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     out["rss_before_mb"] = rss_before  # imports + features, before the timed work
@@ -240,6 +266,9 @@ def main():
     p.add_argument("--fastreid-repeat", type=int, default=1,
                    help="rounds of the fastreid contenders (the python path takes ~1 min)")
     p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where features live and distances are computed (matmul and ours)")
+    p.add_argument("--json", default="", help="also write the medians and ratios here")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.full:
@@ -253,16 +282,19 @@ def main():
                    "--dim", str(args.dim), "--noise", str(args.noise),
                    "--cam-scale", str(args.cam_scale), "--metric", args.metric,
                    "--chunk-size", str(args.chunk_size), "--threads", str(args.threads),
-                   "--seed", str(args.seed), "--scratch", args.scratch] + (
+                   "--seed", str(args.seed), "--scratch", args.scratch,
+                   "--device", args.device] + (
                        ["--stable-ref"] if args.stable_ref else [])
     pairs = args.num_query * args.num_gallery
     print(f"eval_bench {time.strftime('%Y-%m-%d %H:%M')}: Q={args.num_query} "
           f"G={args.num_gallery} D={args.dim} ids={args.num_ids} cams={args.num_cams} "
           f"metric={args.metric} chunk={args.chunk_size} threads={args.threads} "
+          f"device={args.device} "
           f"({2 * pairs * args.dim / 1e12:.2f} TFLOP); {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f}")
     os.makedirs(args.scratch, exist_ok=True)
-    names = [n for n in ("matmul", "ours", "fastreid_py", "fastreid_cy") if n not in args.skip]
+    skip = set(args.skip) | ({"fastreid_py", "fastreid_cy"} if args.device == "cuda" else set())
+    names = [n for n in ("matmul", "ours", "fastreid_py", "fastreid_cy") if n not in skip]
     runs = {n: [] for n in names}
     errors = {}
     for n in names:
@@ -302,6 +334,21 @@ def main():
             print(f"  {n:12s} {errors.get(n, 'not run')}")
 
     failures = []
+    summary = {"device": args.device, "num_query": args.num_query,
+               "num_gallery": args.num_gallery, "dim": args.dim, "errors": errors,
+               "median_s": {n: med(n, "time_s") for n in names if runs[n]}}
+    if args.device == "cuda" and runs.get("ours"):
+        summary["ours_gpu_work_mb"] = med("ours", "gpu_work_mb")
+        print(f"  ours on the GPU: working memory {summary['ours_gpu_work_mb']:.0f} MB "
+              f"(max_memory_allocated during the timed work)")
+    if runs.get("ours"):
+        summary["metrics"] = {k: runs["ours"][0][k] for k in ("mAP", "mINP", "num_valid")}
+        summary["metrics"]["rank1"] = runs["ours"][0]["cmc"][0]
+    if runs.get("ours") and runs.get("matmul"):
+        summary["ours_over_matmul_x"] = med("ours", "time_s") / med("matmul", "time_s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=1)
     if runs.get("ours"):
         ours = runs["ours"][0]
         print(f"  ours: Rank-1 {ours['cmc'][0] * 100:.4f}  Rank-5 {ours['cmc'][4] * 100:.4f}  "

@@ -28,6 +28,14 @@ FLOPs are counted as 2 per multiply-add (fvcore's MAC count x 2).
     python bench/model_bench.py                       # CPU: tiny, small, base; < 10 min, 2 cores
     python bench/model_bench.py --sizes tiny --amp bf16
     python bench/model_bench.py --device cuda         # ViT-B 256x128 batch 64 AMP, MFU
+    python bench/model_bench.py --device cuda --amp fp16 --max-batch-gb 24
+
+On CUDA the MFU is against the bf16 peak measured in the same run (a ``torch.mm`` of two
+bf16 8192 x 8192 matrices, median of 10 after 3 warm-ups; ``--peak-tflops`` overrides), peak
+memory is ``max_memory_allocated`` of each contender measured in-process after the timings
+(its own model, optimizer and batch only), and ``--max-batch-gb G`` finds the largest training
+batch of GLTrans whose peak stays within G GiB (fitted from batch 64 and 128, then run under
+``set_per_process_memory_fraction``).  bench/gpu/check.py runs all of it on the GPU machine.
 """
 import argparse
 import datetime
@@ -221,13 +229,16 @@ def module_rows(name, by_module, prefix_root=""):
     return out
 
 
-def flop_report(name, model, batch_data, device):
+def flop_report(name, model, batch_data, device, no_fvcore=False):
     """FLOPs per image; counted on the first (up to) 8 images: FLOPs per image do not depend
     on the batch size except in the losses' B x B distance matrices (negligible)."""
     batch_data = tuple(t[:8] for t in batch_data)
     images = batch_data[0]
     b = images.shape[0]
-    fv_total, fv_mod, unsupported = fvcore_flops(model, images)
+    if no_fvcore:
+        fv_total, fv_mod, unsupported = float("nan"), {}, {}
+    else:
+        fv_total, fv_mod, unsupported = fvcore_flops(model, images)
     model.eval()
     with torch.no_grad():
         ct_fwd, _ = counter_flops(lambda: model(images.clone()))
@@ -312,6 +323,69 @@ def memory_child(args):
     print("MEMJSON " + json.dumps(out))
 
 
+def cuda_memory(name, size, batch, args, fraction=None):
+    """Peak CUDA memory of two training steps of one contender, measured in this process with
+    nothing else of the bench allocated; ``fraction``: cap the process at that share of the
+    card (``set_per_process_memory_fraction``) so a batch that would not fit a smaller card
+    fails with an out-of-memory error, reported as ``{"oom": True}``."""
+    import gc
+
+    img = tuple(args.img)
+    gc.collect()
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    if fraction:
+        torch.cuda.set_per_process_memory_fraction(fraction)
+    model = stepper = data = None
+    try:
+        model = build(name, size, img, "cuda", args.compile, args.grad_ckpt)
+        data = make_batch(batch, img, "cuda")
+        stepper = Stepper(model, "cuda", args.amp)
+        torch.cuda.reset_peak_memory_stats()
+        for _ in range(2):
+            stepper.train_step(data)
+        sync("cuda")
+        out = {"params": sum(p.numel() for p in model.parameters()),
+               "cuda_max_allocated_mb": (torch.cuda.max_memory_allocated() - base) / 2**20,
+               "cuda_max_reserved_mb": torch.cuda.max_memory_reserved() / 2**20, "batch": batch}
+    except torch.cuda.OutOfMemoryError:
+        out = {"oom": True, "batch": batch}
+    finally:
+        del model, stepper, data
+        gc.collect()
+        torch.cuda.empty_cache()
+        if fraction:
+            torch.cuda.set_per_process_memory_fraction(1.0)
+    return out
+
+
+def max_batch_within(name, size, args, gib):
+    """Largest training batch (a multiple of 4, P x K with K = 4) of ``name`` whose CUDA peak
+    stays within ``gib`` GiB: a line through the peaks at batch 64 and 128, then checked by
+    running it with the process capped at ``gib`` GiB (stepping down by 4 on OOM)."""
+    limit_mb = gib * 1024.0
+    m64, m128 = cuda_memory(name, size, 64, args), cuda_memory(name, size, 128, args)
+    if m64.get("oom") or m128.get("oom"):
+        return {"error": "batch 64 or 128 did not fit the whole card", "b64": m64, "b128": m128}
+    per_img = (m128["cuda_max_allocated_mb"] - m64["cuda_max_allocated_mb"]) / 64
+    fixed = m64["cuda_max_allocated_mb"] - 64 * per_img
+    predicted = int((limit_mb - fixed) / per_img) // 4 * 4
+    total = torch.cuda.get_device_properties(0).total_memory
+    fraction = min(1.0, gib * 2**30 / total)
+    tries = []
+    b = predicted
+    while b >= 4 and len(tries) < 4:
+        r = cuda_memory(name, size, b, args, fraction)
+        tries.append(r)
+        if not r.get("oom") and r["cuda_max_allocated_mb"] <= limit_mb:
+            break
+        b -= 4
+    ok = bool(tries) and not tries[-1].get("oom") and \
+        tries[-1]["cuda_max_allocated_mb"] <= limit_mb
+    return {"limit_gib": gib, "mb_per_img": per_img, "fixed_mb": fixed, "predicted": predicted,
+            "largest_batch": b if ok else None, "tries": tries}
+
+
 def run_memory(name, size, batch, args):
     cmd = [sys.executable, os.path.abspath(__file__), "--_memory-child", "--contender", name,
            "--size", size, "--batch", str(batch), "--img", *map(str, args.img),
@@ -338,7 +412,7 @@ def time_size(size, batch, args):
     res = {n: {"params_m": sum(p.numel() for p in m.parameters()) / 1e6} for n, m in models.items()}
     if not args.no_flops:
         for n, m in models.items():
-            res[n].update(flop_report(n, m, data, device))
+            res[n].update(flop_report(n, m, data, device, args.no_fvcore))
     train_t = {n: [] for n in names}
     infer_t = {n: [] for n in names}
     steps, warm = args.steps, args.warmup
@@ -367,9 +441,25 @@ def time_size(size, batch, args):
     return res
 
 
+def measure_matmul_peak(device, n=8192, warmup=3, iters=10):
+    """Achieved FLOP/s of a bf16 ``torch.mm`` of two n x n matrices (median of ``iters``)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16, generator=g)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16, generator=g)
+    times = []
+    for i in range(warmup + iters):
+        t, _ = timed(lambda: torch.mm(a, b), device)
+        if i >= warmup:
+            times.append(t)
+    t = statistics.median(times)
+    return {"n": n, "median_s": t, "flops": 2 * n ** 3 / t, "all_s": [round(x, 6) for x in times]}
+
+
 def gpu_peak(args):
     if args.peak_tflops:
         return args.peak_tflops * 1e12, "given"
+    if getattr(args, "measured_peak", None):
+        return args.measured_peak["flops"], f"measured bf16 mm {args.measured_peak['n']}^3"
     name = torch.cuda.get_device_name() if args.device == "cuda" else ""
     for key, peak in GPU_PEAK_BF16:
         if key in name:
@@ -455,6 +545,12 @@ def report(results, args, meta):
                       f"{gname})")
                 elif not peak:
                     p(f"  {n}: unknown GPU {gname!r}: give --peak-tflops for MFU")
+                mb = v.get("max_batch")
+                if mb:
+                    p(f"  {n} largest training batch within {mb.get('limit_gib')} GiB: "
+                      f"{mb.get('largest_batch')} (line through batch 64 / 128: "
+                      f"{mb.get('mb_per_img', nan):.1f} MB/img + {mb.get('fixed_mb', nan):.0f} MB"
+                      f"; tried {[t.get('batch') for t in mb.get('tries', [])]})")
         else:
             ach = ", ".join(f"{n} {v['train_tflops_s'] * 1e3:.0f}"
                             for n, v in r["models"].items() if "train_tflops_s" in v)
@@ -505,6 +601,14 @@ def main(argv=None):
     ap.add_argument("--no-estimate", action="store_true", help="skip the 24 GB estimate (CPU)")
     ap.add_argument("--estimate-batches", type=int, nargs=2, default=[2, 4])
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="device bf16 peak for MFU")
+    ap.add_argument("--no-fvcore", action="store_true",
+                    help="skip fvcore's forward count (the training FLOPs are counted anyway)")
+    ap.add_argument("--peak-n", type=int, default=8192,
+                    help="matrix size of the measured bf16 peak (CUDA, or --measure-peak)")
+    ap.add_argument("--measure-peak", action="store_true",
+                    help="time the bf16 mm peak on CPU too (always on CUDA)")
+    ap.add_argument("--max-batch-gb", type=float, default=0.0,
+                    help="CUDA: also find GLTrans' largest training batch within this many GiB")
     ap.add_argument("--json", default="", help="also write all numbers to this file")
     # internal: memory child
     ap.add_argument("--_memory-child", action="store_true", help=argparse.SUPPRESS)
@@ -538,6 +642,11 @@ def main(argv=None):
         torch.backends.cudnn.allow_tf32 = True
 
     t_start = time.perf_counter()
+    args.measured_peak = None
+    if (cuda or args.measure_peak) and not args.peak_tflops:
+        args.measured_peak = measure_matmul_peak(args.device, args.peak_n)
+        print(f"[bf16 mm {args.peak_n}^3: {args.measured_peak['flops'] / 1e12:.1f} TFLOP/s]",
+              file=sys.stderr, flush=True)
     meta = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
             "machine": (torch.cuda.get_device_name() if cuda else
                         f"{platform.processor() or platform.machine()} "
@@ -550,10 +659,16 @@ def main(argv=None):
             models = time_size(size, batch, args)
         if not args.no_memory:
             for n in models:
-                models[n]["memory"] = run_memory(n, size, batch, args)
+                models[n]["memory"] = (cuda_memory(n, size, batch, args) if cuda
+                                       else run_memory(n, size, batch, args))
+        if cuda and args.max_batch_gb and "gltrans" in models:
+            models["gltrans"]["max_batch"] = max_batch_within("gltrans", size, args,
+                                                              args.max_batch_gb)
         results[size] = {"batch": batch, "models": models,
                          "wall_s": time.perf_counter() - t0}
         print(f"[{size} done in {time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True)
+    for r in results.values():
+        r["summary"] = summarize(r, args)
     text = report(results, args, meta)
     est = None
     if not cuda and not args.no_estimate:
@@ -563,9 +678,37 @@ def main(argv=None):
     print(text)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"meta": meta, "args": vars(args), "results": results, "estimate": est},
-                      f, indent=1, default=str)
+            json.dump({"meta": meta, "args": vars(args), "results": results, "estimate": est,
+                       "measured_peak": args.measured_peak}, f, indent=1, default=str)
     return 0
+
+
+def summarize(r, args):
+    """The figures bench/gpu's report quotes, with their units in the names."""
+    nan = float("nan")
+    peak, _ = gpu_peak(args) if args.device == "cuda" or args.measured_peak else (None, "")
+    out = {"batch": r["batch"], "amp": args.amp, "grad_ckpt": bool(args.grad_ckpt),
+           "peak_tflops_s": peak / 1e12 if peak else None}
+    for n, v in r["models"].items():
+        row = {"train_step_ms": v["train_step_s"] * 1e3, "train_img_s": v["train_img_s"],
+               "infer_img_s": v["infer_img_s"], "train_gflops_img": v.get("train_gflops_img"),
+               "train_tflops_s": v.get("train_tflops_s")}
+        if peak and v.get("train_tflops_s"):
+            row["mfu_pct"] = 100 * v["train_tflops_s"] * 1e12 / peak
+        mem = v.get("memory", {})
+        if "cuda_max_allocated_mb" in mem:
+            row["peak_mem_gib"] = mem["cuda_max_allocated_mb"] / 1024
+        if "max_batch" in v:
+            row["largest_batch_within_gib"] = {str(v["max_batch"].get("limit_gib")):
+                                               v["max_batch"].get("largest_batch")}
+        out[n] = row
+    if "gltrans" in r["models"] and "vit" in r["models"]:
+        g, b = r["models"]["gltrans"], r["models"]["vit"]
+        tr = fmt_ratio(g["train_step_s"], b["train_step_s"])
+        fr = fmt_ratio(g.get("train_gflops_img", nan), b.get("train_gflops_img", nan))
+        out["gltrans_over_vit"] = {"time_x": tr, "train_flops_x": fr,
+                                   "time_over_flop_ratio": tr / fr if fr == fr else None}
+    return out
 
 
 def estimate_text(est):

@@ -67,6 +67,22 @@ def _cuda():
     return torch.cuda.is_available()
 
 
+# Where fast-reid's data loaders put batches: cfg.MODEL.DEVICE, set by the plugin's Trainer
+# before it builds a loader (``set_data_device``); None = fast-reid's rule (CUDA when present).
+_DATA_DEVICE = [None]
+
+
+def set_data_device(device):
+    """Batches of loaders built from now on go to ``device`` (cfg.MODEL.DEVICE): CUDA copies
+    (pinned memory, a copy stream, ``non_blocking``) only for a CUDA device."""
+    _DATA_DEVICE[0] = None if device is None else str(device)
+
+
+def _loader_cuda():
+    device = _DATA_DEVICE[0]
+    return _cuda() and (device is None or device.startswith("cuda"))
+
+
 # --------------------------------------------------------------------------- evaluation
 @_fix
 def no_cython_compile_exit():
@@ -124,7 +140,9 @@ def flip_test_single_normalisation():
 def dataloader_without_cuda():
     # fastreid/data/data_utils.py: DataLoaderX creates a CUDA stream in __init__, its prefetch
     # thread calls torch.cuda.set_device, and __next__ waits on CUDA streams -> every loader
-    # fails on a machine without CUDA.  Keep the prefetch thread, drop the CUDA parts there.
+    # fails on a machine without CUDA (and puts batches on the GPU for a MODEL.DEVICE cpu
+    # model where there is one).  Keep the prefetch thread; the CUDA parts (pinned memory,
+    # copy stream, non_blocking copies) only when the data device is CUDA (set_data_device).
     import torch
     from torch.utils.data import DataLoader
     from fastreid.data import data_utils
@@ -133,9 +151,9 @@ def dataloader_without_cuda():
     orig_init, orig_preload, orig_next, orig_run = X.__init__, X.preload, X.__next__, BG.run
 
     def __init__(self, local_rank, **kwargs):
-        if _cuda():
+        if _loader_cuda():
             return orig_init(self, local_rank, **kwargs)
-        kwargs["pin_memory"] = False  # pinning needs CUDA
+        kwargs["pin_memory"] = False  # pinning is for copies to CUDA
         DataLoader.__init__(self, **kwargs)
         self.stream = None
         self.local_rank = local_rank
@@ -155,7 +173,7 @@ def dataloader_without_cuda():
         return batch
 
     def run(self):
-        if _cuda():
+        if _loader_cuda():
             return orig_run(self)
         for item in self.generator:
             if self.exit_event.is_set():
@@ -320,7 +338,8 @@ def amp_on_cpu():
     # fastreid/engine/train_loop.py: AMPTrainer.run_step asserts CUDA and uses the deprecated
     # torch.cuda.amp API.  Use torch.autocast on the model's device: fp16 + GradScaler on CUDA,
     # bf16 (no scaler needed) on CPU; `trainer.amp_dtype` ("auto" | "bf16" | "fp16", set by
-    # gltrans_plugin.engine.Trainer from SOLVER.AMP.DTYPE) overrides the choice.
+    # gltrans_plugin.engine.Trainer from SOLVER.AMP.DTYPE) overrides the choice.  The
+    # GradScaler is made for the model's device and used for fp16 only (on CPU too).
     import time
     import torch
     from fastreid.engine import train_loop
@@ -339,7 +358,7 @@ def amp_on_cpu():
             loss_dict = self.model(data)
             losses = sum(loss_dict.values())
         self.optimizer.zero_grad()
-        use_scaler = dtype == torch.float16 and device == "cuda" and self.grad_scaler.is_enabled()
+        use_scaler = dtype == torch.float16 and self.grad_scaler.is_enabled()
         (self.grad_scaler.scale(losses) if use_scaler else losses).backward()
         self._write_metrics(loss_dict, data_time)
         if use_scaler:
@@ -352,7 +371,8 @@ def amp_on_cpu():
 
     def __init__(self, model, data_loader, optimizer, param_wrapper, grad_scaler=None):
         if grad_scaler is None:  # torch.cuda.amp.GradScaler is deprecated and warns on CPU
-            grad_scaler = torch.amp.GradScaler("cuda", enabled=_cuda())
+            device = next(model.parameters()).device.type  # (DDP forwards .parameters())
+            grad_scaler = torch.amp.GradScaler(device, enabled=device in ("cuda", "cpu"))
         orig_init(self, model, data_loader, optimizer, param_wrapper, grad_scaler)
 
     train_loop.AMPTrainer.run_step = run_step
@@ -375,6 +395,20 @@ def ddp_on_cpu():
     defaults.DistributedDataParallel = ddp
 
 
+def _launch_device(args):
+    """cfg.MODEL.DEVICE of the run a launched worker is for (from its --config-file and opts),
+    or None where that cannot be read here (the worker's own set-up then reports it)."""
+    ns = args[0] if args else None
+    if not hasattr(ns, "opts"):
+        return None
+    try:
+        from .engine import setup_cfg
+
+        return str(setup_cfg(getattr(ns, "config_file", ""), list(ns.opts or [])).MODEL.DEVICE)
+    except Exception:  # noqa: BLE001  (reported by the worker's setup, with its message)
+        return None
+
+
 def _distributed_worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_rank,
                         dist_url, args):
     """fastreid's launch worker, with the backend chosen by device (see launch_gloo_on_cpu)."""
@@ -382,7 +416,11 @@ def _distributed_worker(local_rank, main_func, world_size, num_gpus_per_machine,
     import torch.distributed as dist
     from fastreid.utils import comm
 
-    use_cuda = _cuda()
+    from .distributed import die_with_launcher
+
+    die_with_launcher()  # a killed launcher leaves no worker behind (distributed.py)
+    device = _launch_device(args)  # NCCL and one GPU per worker only for a CUDA MODEL.DEVICE
+    use_cuda = _cuda() and (device is None or device.startswith("cuda"))
     global_rank = machine_rank * num_gpus_per_machine + local_rank
     dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method=dist_url,
                             world_size=world_size, rank=global_rank)
@@ -420,35 +458,30 @@ def checkpoint_weights_only():
     from fastreid.utils import checkpoint
 
     def _load_file(self, f):
-        return safe_torch_load(f)
+        # the key that named the file, for the messages (Trainer.resume_or_load sets it)
+        return safe_torch_load(f, key=getattr(self, "source_key", "MODEL.WEIGHTS"))
 
     checkpoint.Checkpointer._load_file = _load_file
 
 
-def safe_torch_load(path, allow_pickle=None):
+def safe_torch_load(path, allow_pickle=None, key="MODEL.WEIGHTS"):
     """``torch.load(path, weights_only=True)`` with numpy scalars/arrays allowed.
 
     A file that needs arbitrary unpickling is refused with a message naming the opt-in
-    (``allow_pickle=True`` or env ``GLTRANS_ALLOW_PICKLE=1``), which runs code from the file.
+    (``allow_pickle=True`` or env ``GLTRANS_ALLOW_PICKLE=1``), which runs code from the file;
+    a file that is not a torch checkpoint, or a truncated one, gets its own message naming the
+    file and ``key`` (``checkpoint.torch_load``).
     """
     import numpy as np
-    import pickle
-    import torch
+
+    from .checkpoint import torch_load
 
     if allow_pickle is None:
         allow_pickle = os.environ.get("GLTRANS_ALLOW_PICKLE", "") == "1"
-    if allow_pickle:
-        return torch.load(path, map_location="cpu", weights_only=False)
     safe = [np.dtype, np.ndarray, np._core.multiarray.scalar, np._core.multiarray._reconstruct]
     safe += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
-    try:
-        with torch.serialization.safe_globals(safe):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise pickle.UnpicklingError(
-            f"{path} is not a weights-only checkpoint: loading it would run code from the file "
-            f"({str(e).splitlines()[0]}). If you trust it, set GLTRANS_ALLOW_PICKLE=1."
-        ) from None
+    return torch_load(path, key=key, allow_pickle=allow_pickle, opt_in="GLTRANS_ALLOW_PICKLE=1",
+                      safe_globals=safe)
 
 
 @_fix

@@ -81,18 +81,36 @@ def add_gltrans_config(cfg):
     _C.MODEL.GLTRANS.PTL.SHARED = True        # one layer stack for all parts (paper) | per part
     _C.MODEL.GLTRANS.PTL.WITH_CLS = True      # prepend the K class tokens to each part sequence
     _C.MODEL.GLTRANS.PTL.PART_TOKEN_INIT = "zeros"  # "zeros" (released code) | "trunc_normal"
+    # eps of every PTL LayerNorm (the blocks' two and the final one). The paper is silent: the
+    # released code's nn.LayerNorm, 1e-5 (timm's ViT blocks use 1e-6, as does our backbone).
+    _C.MODEL.GLTRANS.PTL.NORM_EPS = 1e-5
+    # Init of the GAE / PTF-mask / GMA / PTL Linear layers, biases zero. The paper is silent:
+    # "kaiming_fan_out" (released code: kaiming-normal, fan-out, a=0) | "trunc_normal" (ViT, 0.02)
+    _C.MODEL.GLTRANS.LINEAR_INIT = "kaiming_fan_out"
     # Branches and losses (SPEC section 4).  Branch names: global, local, cls<layer> (1-based).
     _C.MODEL.GLTRANS.BRANCHES = ("global", "local", "cls")  # "cls" = one branch per AGG layer
     _C.MODEL.GLTRANS.CE_WEIGHT = 1.0           # weight of the mean CE over branches
     _C.MODEL.GLTRANS.TRI_WEIGHT = 1.0          # weight of the mean triplet over branches
     _C.MODEL.GLTRANS.BRANCH_WEIGHTS = ()       # per-branch weights, same order; () = all 1
     _C.MODEL.GLTRANS.TRI_SOFT_MARGIN = True    # soft-margin triplet; False: MODEL.LOSSES.TRI.MARGIN
+    # Feature the triplet terms see: "before" the BNNeck (paper, released code) | "after" it
+    # (the BN-standardised feature the classifier sees; use NECK_FEAT "after" to test on it).
+    _C.MODEL.GLTRANS.TRI_FEATURE = "before"
     # Released-code bug: every cls branch's triplet uses the last layer's cls token.
     _C.MODEL.GLTRANS.CLS_TRIPLET_ON_LAST = False
-    # Test feature: concat of these branches' features (SPEC: global, local, last cls).
+    # BNNeck bias (zero at init). The paper is silent: False = trainable (released code) |
+    # True = frozen at zero (fast-reid's BNNeck).
+    _C.MODEL.GLTRANS.NECK_BIAS_FREEZE = False
+    # Test feature: concat of these branches' features, in this order (paper: global, local,
+    # last cls; released code: local, global, last cls).
     _C.MODEL.GLTRANS.TEST_BRANCHES = ("global", "local", "cls_last")
     # Camera ids: raise on an id outside the SIE table (True) or use no SIE for it (False).
     _C.MODEL.GLTRANS.STRICT_CAMIDS = True
+
+    # ------------------------------------------------------------------ checkpoints
+    # --eval-only with a checkpoint that lacks model weights (another architecture) fails;
+    # True evaluates anyway, with those weights at their random initialisation.
+    _C.TEST.ALLOW_MISSING_KEYS = False
 
     # ------------------------------------------------------------------ engine / test
     # Evaluator used by gltrans_plugin.engine.Trainer: "fast" (chunked, ours) or "fastreid".
@@ -108,6 +126,19 @@ def add_gltrans_config(cfg):
     _C.SOLVER.WARMUP_EPOCHS = 0
     # Iterations between metric log lines / metrics.json rows (fast-reid hard-codes 200).
     _C.SOLVER.LOG_PERIOD = 20
+    # Training health: every LOG_PERIOD the trainer logs, per branch, the mean positive and
+    # negative distance of the pre-BN features, their relative gap, cosines and the share of
+    # wrongly ordered batch-hard triplets (also in metrics.json / TensorBoard as health/*).
+    _C.SOLVER.HEALTH = CN()
+    _C.SOLVER.HEALTH.ENABLED = True
+    # A branch is "collapsing" when, over a log period, the mean cosine between different
+    # identities exceeds MAX_COS_NEG or the relative gap (neg - pos) / neg is below MIN_REL_GAP;
+    # after PATIENCE such periods in a row a warning is logged once for that branch.  0.995:
+    # the collapsed demo runs (soft-margin triplet stuck at ln 2) sat at 0.9988-0.9998, the
+    # healthy ones at 0.98-0.994 (docs/training.md).
+    _C.SOLVER.HEALTH.MAX_COS_NEG = 0.995
+    _C.SOLVER.HEALTH.MIN_REL_GAP = 0.05
+    _C.SOLVER.HEALTH.PATIENCE = 3
     # Random seed for the run (< 0: fast-reid's time-based seed).
     _C.SEED = -1
     return cfg

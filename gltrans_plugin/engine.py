@@ -25,8 +25,11 @@ from fastreid.utils.env import seed_all_rng
 from fastreid.utils.logger import setup_logger
 
 from . import reliability
+from .compat import set_data_device
 from .config import add_gltrans_config
 from .data import camera_index, check_dataset_root, synthetic_kwargs
+from .data.datasets import check_train_set
+from .distributed import broadcast_buffers
 from .reliability import RobustCommDataset, check_data, merge_config, validate_config
 
 logger = logging.getLogger(__name__)
@@ -53,11 +56,17 @@ class Trainer(DefaultTrainer):
 
     def __init__(self, cfg):
         validate_config(cfg)  # impossible settings fail here, before any data is read
-        super().__init__(cfg)
-        self._before_train_results = None
         dtype = cfg.SOLVER.AMP.get("DTYPE", "auto")
         if dtype not in ("auto", "bf16", "fp16"):
             raise ValueError(f"SOLVER.AMP.DTYPE={dtype!r}: use 'auto', 'bf16' or 'fp16'.")
+        try:
+            super().__init__(cfg)
+        except BaseException:  # the train loader's prefetch thread may already run: stop it,
+            stop_loader_of(self)  # or the interpreter aborts at exit (SIGABRT, rc 134)
+            raise
+        self._before_train_results = None
+        # fast-reid sets this in default_setup only; a Trainer built without it honours it too
+        torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
         self._trainer.amp_dtype = dtype  # read by the AMPTrainer (compat.amp_on_cpu)
         if cfg.SOLVER.WARMUP_EPOCHS > 0:  # the LRScheduler hook reads trainer.warmup_iters
             self.warmup_iters = warmup_iters(cfg, self.iters_per_epoch)
@@ -65,9 +74,11 @@ class Trainer(DefaultTrainer):
     # ------------------------------------------------------------------ data
     @classmethod
     def build_train_loader(cls, cfg):
+        set_data_device(cfg.MODEL.DEVICE)  # CUDA copies / pinned memory only for a CUDA model
         items = []
         for name in cfg.DATASETS.NAMES:
             data = build_dataset(cfg, name)
+            check_train_set(name, data)  # an empty folder is named, before fast-reid's tables
             if comm.is_main_process():
                 data.show_train()
             items.extend(data.train)
@@ -88,6 +99,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
+        set_data_device(cfg.MODEL.DEVICE)
         data = build_dataset(cfg, dataset_name)
         if comm.is_main_process():
             data.show_test()
@@ -107,6 +119,12 @@ class Trainer(DefaultTrainer):
 
             return data_loader, FastReidEvaluator(cfg, num_query, output_dir)
         return data_loader, ReidEvaluator(cfg, num_query, output_dir)
+
+    @classmethod
+    def test(cls, cfg, model, *args, **kwargs):
+        # every rank evaluates rank 0's BatchNorm statistics: the model rank 0 saves
+        broadcast_buffers(model)
+        return super().test(cfg, model, *args, **kwargs)
 
     # ------------------------------------------------------------------ solver
     @classmethod
@@ -135,18 +153,50 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self):
         ret = super().build_hooks()
+        period = max(1, int(self.cfg.SOLVER.LOG_PERIOD))
         for h in ret:
             if isinstance(h, hooks.PeriodicWriter):
-                h._period = max(1, int(self.cfg.SOLVER.LOG_PERIOD))
+                h._period = period
+        if self.cfg.SOLVER.HEALTH.ENABLED and comm.is_main_process():
+            ret.insert(0, TrainingHealth(period, self.cfg.SOLVER.HEALTH))
         return ret
 
     # ------------------------------------------------------------------ run
     def resume_or_load(self, resume=True):
         """fast-reid's resume_or_load; on resume the train sampler continues at the checkpoint's
         next epoch, with the batches the uninterrupted run would have drawn there."""
-        out = super().resume_or_load(resume=resume)
+        try:
+            out = self._checked_resume_or_load(resume)
+        except BaseException:  # stop the prefetch thread before raising (no SIGABRT at exit)
+            reliability.stop_train_stream(self)
+            raise
         if resume and self.start_epoch > 0:
             reliability.restart_train_stream(self, self.start_epoch)
+        return out
+
+    def _checked_resume_or_load(self, resume):
+        """fast-reid's resume_or_load; a checkpoint to resume from must fit the model and the
+        optimizer (checkpoint.check_resume_fits), and errors name the file and the key."""
+        from .checkpoint import check_optimizer_fits, check_resume_fits
+
+        ck = self.checkpointer
+        resuming = resume and ck.has_checkpoint()
+        ck.source_key = "--resume (OUTPUT_DIR/last_checkpoint)" if resuming else "MODEL.WEIGHTS"
+        if not resuming:
+            return super().resume_or_load(resume=resume)
+        path = ck.get_checkpoint_file()
+        load_model = ck._load_model
+
+        def _load_model(checkpoint):
+            check_resume_fits(checkpoint.get("model", {}), ck.model, path)
+            return load_model(checkpoint)
+
+        ck._load_model = _load_model
+        try:
+            out = super().resume_or_load(resume=resume)
+        finally:
+            del ck._load_model
+        check_optimizer_fits(self.optimizer, path)
         return out
 
     def train(self):
@@ -162,11 +212,77 @@ class Trainer(DefaultTrainer):
         if self.start_epoch >= self.max_epoch:
             logger.info(f"Checkpoint is at the last epoch ({self.max_epoch}); evaluating it.")
             self._last_eval_results = self.test(self.cfg, self.model)
+            if comm.is_main_process():
+                write_results(self.cfg.OUTPUT_DIR, self._last_eval_results, None,
+                              self.start_epoch * self.iters_per_epoch)
             return self._last_eval_results
         results = super().train()
-        if comm.is_main_process() and self._before_train_results:
-            log_before_after(self._before_train_results, results)
+        if comm.is_main_process():
+            if self._before_train_results:
+                log_before_after(self._before_train_results, results)
+            write_results(self.cfg.OUTPUT_DIR, results, self._before_train_results,
+                          self.iter + 1)
         return results
+
+
+class TrainingHealth(hooks.HookBase):
+    """Every ``period`` iterations, one log line per branch on how well its pre-BN features
+    separate identities (``health/<branch>/*`` scalars put by the model's loss, averaged over
+    the period), and one warning per branch whose features are collapsing: mean cosine between
+    different identities above ``MAX_COS_NEG`` or relative gap below ``MIN_REL_GAP`` for
+    ``PATIENCE`` periods in a row.  Models that put no ``health/`` scalars log nothing."""
+
+    def __init__(self, period, health_cfg):
+        self._period = int(period)
+        self._max_cos_neg = float(health_cfg.MAX_COS_NEG)
+        self._min_rel_gap = float(health_cfg.MIN_REL_GAP)
+        self._patience = max(1, int(health_cfg.PATIENCE))
+        self._bad_periods = {}
+        self._warned = set()
+
+    def summary(self, storage):
+        """{branch: {stat: mean over the last period}} from the EventStorage."""
+        from .modeling.losses import HEALTH_PREFIX
+
+        out = {}
+        for name, hist in storage.histories().items():
+            if name.startswith(HEALTH_PREFIX):
+                branch, stat = name[len(HEALTH_PREFIX):].rsplit("/", 1)
+                out.setdefault(branch, {})[stat] = hist.avg(self._period)
+        return out
+
+    def after_step(self):
+        it = self.trainer.iter + 1
+        if it % self._period and it != self.trainer.max_iter:
+            return
+        for branch, st in self.summary(self.trainer.storage).items():
+            if "cos_neg" not in st:
+                continue
+            logger.info(
+                f"health {branch:>8}: norm {st['norm']:.3g}  dist pos {st['pos']:.4g} "
+                f"neg {st['neg']:.4g} (gap {100 * st['rel_gap']:.1f}%)  cos pos "
+                f"{st['cos_pos']:.4f} neg {st['cos_neg']:.4f}  hard triplets wrong "
+                f"{100 * st['violation']:.0f}%"
+            )
+            collapsing = st["cos_neg"] > self._max_cos_neg or st["rel_gap"] < self._min_rel_gap
+            n = self._bad_periods.get(branch, 0) + 1 if collapsing else 0
+            self._bad_periods[branch] = n
+            if n >= self._patience and branch not in self._warned:
+                self._warned.add(branch)
+                logger.warning(
+                    f"Branch {branch!r}: features are collapsing at iteration {it}: images "
+                    f"of different identities have mean cosine {st['cos_neg']:.4f} and the "
+                    f"negatives are only {100 * st['rel_gap']:.1f}% farther than the "
+                    f"positives, for {n} log periods; the metric (triplet) loss is not "
+                    f"separating identities. Check the learning rate / optimizer, warm-up "
+                    f"and the triplet margin (SOLVER.HEALTH.* sets this check)."
+                )
+
+
+def stop_loader_of(trainer):
+    """Stop the prefetch thread of a trainer whose construction failed, if it got that far."""
+    if getattr(trainer, "_trainer", None) is not None:
+        reliability.stop_train_stream(trainer)
 
 
 def fill_num_cameras(cfg):
@@ -203,9 +319,51 @@ def fill_from_checkpoint(cfg, path):
     return fill_num_cameras(cfg)
 
 
+def load_eval_weights(cfg, model):
+    """``cfg.MODEL.WEIGHTS`` into ``model`` for evaluation: a checkpoint that lacks model
+    weights (another architecture) fails unless ``TEST.ALLOW_MISSING_KEYS``."""
+    from fastreid.utils.checkpoint import Checkpointer
+
+    from .checkpoint import check_eval_fits
+
+    path = cfg.MODEL.WEIGHTS
+    ck = Checkpointer(model)
+    load_model = ck._load_model
+
+    def _load_model(checkpoint):
+        check_eval_fits(checkpoint.get("model", {}), ck.model, path,
+                        allow_missing=cfg.TEST.ALLOW_MISSING_KEYS)
+        return load_model(checkpoint)
+
+    ck._load_model = _load_model
+    ck.load(path)
+    return model
+
+
 def warmup_iters(cfg, iters_per_epoch):
     """SOLVER.WARMUP_EPOCHS in iterations (at least 1 when warm-up is asked for)."""
     return max(1, round(cfg.SOLVER.WARMUP_EPOCHS * iters_per_epoch))
+
+
+RESULTS_FILE = "results.json"
+
+
+def write_results(output_dir, results, before=None, iteration=None):
+    """``OUTPUT_DIR/results.json`` (atomic): the final test metrics of a finished run,
+    ``{"final": {...}, "before": {...} or null, "iteration": N}``, values as fast-reid logs
+    them (percent).  Its presence marks a run as finished (``tools/reproduce.py``)."""
+    if not output_dir:
+        return
+    import json
+
+    def plain(d):
+        return None if not d else {k: (plain(v) if isinstance(v, dict) else float(v))
+                                    for k, v in d.items()}
+
+    os.makedirs(output_dir, exist_ok=True)
+    with reliability.atomic_open(os.path.join(output_dir, RESULTS_FILE), "w") as f:
+        json.dump({"final": plain(results), "before": plain(before), "iteration": iteration},
+                  f, indent=1)
 
 
 def log_before_after(before, after):

@@ -20,6 +20,15 @@ memory, one small wrapper each, nothing copied and nothing edited in site-packag
   data loader in a thread; an exception there (an unreadable image, a bad transform) ends the
   thread and the training loop waits forever on its queue.  The exception is now handed to the
   training loop and raised there.
+* ``images_read_as_rgb``: fast-reid's ``read_image`` keeps an image's mode (RGBA, CMYK, 16-bit
+  ...), which the transforms then fail on; every image is now read as 8-bit RGB
+  (``data/images.py``).
+* ``reader_names_checked``: fast-reid's Market-1501 / DukeMTMC readers fail on a badly named
+  file with ``AttributeError`` or a bare ``AssertionError``; they now name the file, the
+  naming rule and the fix (``data/datasets.py``).
+
+A disk that fills up during a checkpoint write is ``errors.DiskFullError`` naming the folder
+and the file (the previous checkpoint is intact), not torch's ``enforce fail`` message.
 
 Plus the pieces the trainer (``gltrans_plugin.engine.Trainer``) uses:
 
@@ -33,6 +42,7 @@ Plus the pieces the trainer (``gltrans_plugin.engine.Trainer``) uses:
 """
 import contextlib
 import difflib
+import errno
 import glob
 import itertools
 import logging
@@ -43,6 +53,8 @@ import numpy as np
 import torch
 from fastreid.data.common import CommDataset
 from torch.utils.data import Sampler
+
+from .errors import DiskFullError
 
 logger = logging.getLogger(__name__)
 
@@ -102,12 +114,25 @@ def atomic_open(path, mode="wb"):
         os.fsync(f.fileno())
         f.close()
         os.replace(tmp, path)
-    except BaseException:
-        f.close()
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            f.close()
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if _is_disk_full(e):  # torch reports it as "[enforce fail at inline_container.cc]"
+            raise DiskFullError(path) from e
         raise
     _fsync_dir(folder)
+
+
+def _is_disk_full(exc):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _fsync_dir(folder):
@@ -175,9 +200,12 @@ def _install_nonfinite_loss_stops():
             raise NonFiniteLossError(
                 f"Loss became NaN or infinite at iteration {getattr(self, 'iter', '?')}: {terms}"
                 + (f" (finite: {finite})" if finite else "") + ". Training stopped before the "
-                "optimizer step, so the weights are still finite; resume from the last "
-                "checkpoint (--resume) with a lower SOLVER.BASE_LR or longer warm-up, or check "
-                "the inputs of that branch."
+                "optimizer step, so the weights are still finite. --resume would restore the "
+                "checkpoint's learning-rate schedule and diverge again: instead start a new run "
+                "from the last checkpoint, MODEL.WEIGHTS <OUTPUT_DIR>/<the file last_checkpoint "
+                "names> without --resume and with another OUTPUT_DIR, with a lower "
+                "SOLVER.BASE_LR or a longer warm-up (SOLVER.WARMUP_EPOCHS); or check the inputs "
+                "of that branch."
             )
         return original(self, loss_dict, data_time, *args, **kwargs)
 
@@ -219,10 +247,23 @@ def _install_loader_errors_propagate():
     del orig_next
 
 
+def _install_images_read_as_rgb():
+    from .data import images
+
+    images.install()  # any image mode -> RGB (data/images.py)
+
+
+def _install_reader_names_checked():
+    from .data.datasets import install_reader_checks
+
+    install_reader_checks()  # Market-1501 / Duke readers name a badly named file
+
+
 def install():
     """Install the fastreid patches above once; returns the names installed."""
     for fn in (_install_atomic_checkpoints, _install_nonfinite_loss_stops,
-               _install_loader_errors_propagate):
+               _install_loader_errors_propagate, _install_images_read_as_rgb,
+               _install_reader_names_checked):
         name = fn.__name__[len("_install_"):]
         if name not in INSTALLED:
             fn()
@@ -444,6 +485,9 @@ def merge_config(cfg, config_file="", opts=()):
         cfg.merge_from_list(list(opts or []))
     except (KeyError, AssertionError) as e:
         err = _unknown_key_error(cfg, e, "the command-line options")
+        if err is None and isinstance(e, AssertionError):  # yacs: odd length, a fixed key
+            raise ValueError(f"Command-line options {list(opts or [])}: {e}. Give them as "
+                             f"KEY VALUE pairs after the flags.") from None
         if err is None:
             raise
         raise err from None
@@ -520,15 +564,22 @@ def check_data(cfg, build_dataset):
 
     ``build_dataset(cfg, name)`` builds a registered dataset (``engine.build_dataset``).
     """
+    from fastreid.utils import comm
+
     from .data import camera_index
+    from .data.datasets import check_image_headers
 
     test_cams = {}
     for name in cfg.DATASETS.TESTS:
         data = build_dataset(cfg, name)
         if not data.query or not data.gallery:
+            folders = [getattr(data, a) for a in ("query_dir", "gallery_dir") if hasattr(data, a)]
             raise ValueError(f"Dataset {name}: empty query ({len(data.query)} images) or gallery "
                              f"({len(data.gallery)} images); nothing to evaluate. Check its "
-                             f"folders under the dataset root (DATASETS.ROOT).")
+                             f"folders under the dataset root (DATASETS.ROOT)"
+                             + (f": {', '.join(folders)}." if folders else "."))
+        if not cfg.DATALOADER.SKIP_CORRUPT and comm.is_main_process():
+            check_image_headers(name, data)  # not at the first evaluation, an epoch later
         test_cams[name] = {camera_index(c) for _, _, c in data.query + data.gallery}
     bb = cfg.MODEL.BACKBONE
     if bb.NAME != "build_gltrans_backbone" or not bb.SIE_CAMERA \

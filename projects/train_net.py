@@ -2,7 +2,11 @@
 """Train / evaluate GLTrans (or any fast-reid model) with fast-reid's own trainer and launcher.
 
     python projects/train_net.py --config-file configs/GLTrans/msmt17.yml [--num-gpus N]
-        [--eval-only] [--resume] [KEY VALUE ...]
+        [--eval-only] [--resume] [--debug] [KEY VALUE ...]
+
+An error ends the run with one line ``error: <what> (<file or key>): <fix>`` and exit code 2
+(1 for a bug); the traceback is in OUTPUT_DIR/log.txt (and on stderr with --debug or env
+GLTRANS_DEBUG=1).
 """
 import os
 import sys
@@ -11,14 +15,19 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 # gltrans_plugin must be imported before fastreid: it makes fastreid importable.
 import gltrans_plugin  # noqa: E402,F401  (compat fixes + registrations)
-from fastreid.engine import default_argument_parser, launch  # noqa: E402
-from fastreid.utils.checkpoint import Checkpointer  # noqa: E402
+from fastreid.engine import default_argument_parser  # noqa: E402
+from gltrans_plugin.distributed import launch  # noqa: E402
 from gltrans_plugin.engine import (  # noqa: E402
-    Trainer, default_setup_gltrans, fill_from_checkpoint, setup_cfg)
+    Trainer, default_setup_gltrans, fill_from_checkpoint, load_eval_weights, setup_cfg)
+from gltrans_plugin.errors import guarded, run_main, set_log_dir  # noqa: E402
 
 
 def setup(args):
-    cfg = setup_cfg(args.config_file, args.opts)
+    opts = list(args.opts or [])
+    if "OUTPUT_DIR" in opts[:-1]:  # where the traceback goes if the config itself fails
+        set_log_dir(opts[opts.index("OUTPUT_DIR") + 1])
+    cfg = setup_cfg(args.config_file, opts)
+    set_log_dir(cfg.OUTPUT_DIR)
     cfg.freeze()
     default_setup_gltrans(cfg, args)
     return cfg
@@ -34,14 +43,21 @@ def main(args):
         cfg.defrost()
         cfg.MODEL.BACKBONE.PRETRAIN = False
         model = Trainer.build_model(cfg)
-        Checkpointer(model).load(cfg.MODEL.WEIGHTS)
+        load_eval_weights(cfg, model)  # a checkpoint of another architecture fails here
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
 
+def cli():
+    parser = default_argument_parser()
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, print the full traceback (else only in log.txt)")
+    args = parser.parse_args()
+    launch(guarded(main), args.num_gpus, num_machines=args.num_machines,
+           machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+
+
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    run_main(cli)

@@ -186,3 +186,142 @@ def test_two_processes_train_and_evaluate_as_one(tiny_market, tmp_path):
     assert abs(loss1[7] - loss1[0]) > 1e-3
     # same retrieval result: fast-reid's evaluator (1 process) and ours over gathered features
     assert _table(log1) and _table(log1) == _table(log2)
+
+
+# ============================================================================ no orphans
+_LAUNCHED = r'''
+import os, sys, time
+sys.path.insert(0, os.environ["GLTRANS_REPO"])
+import gltrans_plugin  # noqa: F401
+from gltrans_plugin.distributed import broadcast_buffers, launch
+
+
+def main(out, mode):
+    import torch
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
+    if mode == "buffers":  # rank-dependent BatchNorm statistics, then rank 0's everywhere
+        bn = torch.nn.BatchNorm1d(3)
+        bn.running_mean.fill_(rank + 1.0)
+        broadcast_buffers(bn)
+        with open(os.path.join(out, f"mean{rank}.txt"), "w") as f:
+            f.write(repr(bn.running_mean.tolist()))
+        return
+    with open(os.path.join(out, f"worker{rank}.pid"), "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(600)
+
+
+if __name__ == "__main__":
+    launch(main, 2, dist_url=sys.argv[3], args=(sys.argv[1], sys.argv[2]))
+'''
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead
+    except OSError:
+        return False
+
+
+def _launch(tmp_path, mode):
+    script = tmp_path / "launched.py"
+    script.write_text(_LAUNCHED)
+    env = dict(os.environ, GLTRANS_REPO=REPO, OMP_NUM_THREADS="1")
+    return subprocess.Popen([PY, str(script), str(tmp_path), mode,
+                             f"tcp://127.0.0.1:{_free_port()}"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killed_launcher_leaves_no_worker(tmp_path):
+    import signal
+    import time
+
+    p = _launch(tmp_path, "sleep")
+    pids = []
+    try:
+        deadline = time.time() + 120
+        while len(pids) < 2:
+            assert p.poll() is None and time.time() < deadline, p.stderr.read()[-3000:]
+            pids = [int((tmp_path / f"worker{r}.pid").read_text()) for r in (0, 1)
+                    if (tmp_path / f"worker{r}.pid").exists()
+                    and (tmp_path / f"worker{r}.pid").read_text()]
+            time.sleep(0.2)
+        assert all(_alive(pid) for pid in pids)
+        p.send_signal(signal.SIGKILL)  # kill -9 of the launcher
+        p.wait()
+        deadline = time.time() + 20
+        while any(_alive(pid) for pid in pids) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in pids), "workers outlived their launcher"
+    finally:
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_ranks_evaluate_rank0_buffers(tmp_path):
+    p = _launch(tmp_path, "buffers")
+    _, err = p.communicate(timeout=180)
+    assert p.returncode == 0, err[-3000:]
+    assert [(tmp_path / f"mean{r}.txt").read_text() for r in (0, 1)] == ["[1.0, 1.0, 1.0]"] * 2
+
+
+def test_busy_rendezvous_port_is_replaced_and_its_holder_named(caplog):
+    from gltrans_plugin.distributed import free_dist_url
+    from gltrans_plugin.errors import UserError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        url = f"tcp://127.0.0.1:{port}"
+        with caplog.at_level("WARNING", logger="gltrans_plugin.distributed"):
+            new = free_dist_url(url)
+        assert new != url and new.startswith("tcp://127.0.0.1:")
+        msg = caplog.records[-1].getMessage()
+        assert msg.startswith(f"Rendezvous port {port} (--dist-url {url}) is in use by pid "
+                              f"{os.getpid()} (")
+        with pytest.raises(UserError) as e:  # across machines the address cannot change
+            free_dist_url(url, num_machines=2, machine_rank=0)
+        assert str(e.value).startswith(f"the rendezvous port {port} is in use by pid "
+                                       f"{os.getpid()} (")
+    assert free_dist_url(url) == url  # free again
+
+
+def test_trainer_test_shares_rank0_buffers_first(monkeypatch):
+    from gltrans_plugin import engine
+
+    class Shared(Exception):
+        pass
+
+    def broadcast(model):
+        raise Shared(model)
+
+    monkeypatch.setattr(engine, "broadcast_buffers", broadcast)
+    model = torch.nn.BatchNorm1d(2)
+    with pytest.raises(Shared) as e:  # before any evaluation work
+        engine.Trainer.test(None, model)
+    assert e.value.args[0] is model
+
+
+@pytest.mark.slow
+def test_two_process_error_is_one_line(tmp_path):
+    out = tmp_path / "out"
+    r = subprocess.run([PY, TRAIN_NET, "--config-file",
+                        os.path.join(REPO, "configs", "GLTrans", "synthetic_demo.yml"),
+                        "--num-gpus", "2", "--dist-url", f"tcp://127.0.0.1:{_free_port()}",
+                        "OUTPUT_DIR", str(out), "MODEL.BACKBONE.DEPHT", "tiny"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines() == [
+        "error: Unknown config key MODEL.BACKBONE.DEPHT in the command-line options. Did you "
+        "mean MODEL.BACKBONE.DEPTH? Keys are defined by fast-reid (fastreid/config/defaults.py) "
+        "and gltrans_plugin/config.py (add_gltrans_config)."]
+    assert "ConfigKeyError" in (out / "log.txt").read_text()  # rank 0's traceback

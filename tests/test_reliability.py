@@ -430,7 +430,7 @@ def test_every_torch_load_of_ours_is_weights_only():
         for dirpath, _, files in os.walk(os.path.join(REPO, folder)):
             calls += [(name, *c) for name in files if name.endswith(".py")
                       for c in _torch_load_calls(os.path.join(dirpath, name))]
-    assert {c[0] for c in calls} >= {"compat.py", "weights.py"}
+    assert {c[0] for c in calls} >= {"checkpoint.py"}  # compat.py and weights.py read through it
     for name, node, src, guarded in calls:
         kw = {k.arg: k.value for k in node.keywords}
         assert "weights_only" in kw, f"{name}: {src}"

@@ -65,4 +65,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from gltrans_plugin.errors import run_main  # one-line errors, exit code 2
+
+    sys.exit(run_main(main))

@@ -43,4 +43,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from gltrans_plugin.errors import run_main  # one-line errors, exit code 2
+
+    run_main(main)

@@ -6,7 +6,15 @@
   the GLTrans paper); query / gallery as fast-reid's ``MSMT17``.
 - ``camera_index``: one integer camera index for fast-reid's two camera-id forms.
 - ``check_dataset_root``: a clear error for a dataset that is not where fast-reid looks.
+- ``install_reader_checks``: fast-reid's Market-1501 / DukeMTMC readers name the file whose
+  name breaks the naming or whose camera is out of range (``DatasetError``), instead of
+  ``AttributeError: 'NoneType' object has no attribute 'groups'`` or a bare ``AssertionError``.
+- ``check_train_set`` / ``check_image_headers``: an empty training folder, and test images
+  that are not images, fail when the data is first read, naming the folder / file.
 """
+import difflib
+import functools
+import glob
 import logging
 import numbers
 import os.path as osp
@@ -17,6 +25,7 @@ from fastreid.data.datasets.bases import ImageDataset
 from fastreid.data.datasets.market1501 import Market1501
 from fastreid.data.datasets.msmt17 import MSMT17, TEST_DIR_KEY, TRAIN_DIR_KEY, VERSION_DICT
 
+from ..errors import UserError
 from .synthetic import DEFAULTS, generate_synthetic_reid
 
 logger = logging.getLogger(__name__)
@@ -27,8 +36,16 @@ __all__ = [
     "camera_index",
     "camera_indices",
     "check_dataset_root",
+    "check_image_headers",
+    "check_train_set",
+    "DatasetError",
+    "install_reader_checks",
     "synthetic_kwargs",
 ]
+
+class DatasetError(UserError, ValueError):
+    """A dataset folder or file that the reader cannot use: names it, the rule and the fix."""
+
 
 _ROOT_HINT = ("Set the dataset root with the config key DATASETS.ROOT (or the environment "
               "variable FASTREID_DATASETS, read by fast-reid when it is imported).")
@@ -117,10 +134,14 @@ def check_dataset_root(name, root):
     """
     canonical = {n.lower(): n for n in _CHECKED + ("SyntheticReID",)}.get(str(name).lower(), name)
     if canonical not in DATASET_REGISTRY._obj_map:  # fastreid's Registry has no __contains__
-        raise ValueError(
-            f"Unknown dataset {name!r}: not registered in fast-reid's DATASET_REGISTRY. Known "
-            f"here: {', '.join(_CHECKED + ('SyntheticReID',))}; is `import gltrans_plugin` done?"
-        )
+        known = sorted(DATASET_REGISTRY._obj_map, key=str.lower)
+        close = [n for n in known if n.lower() == str(name).lower()] or \
+            difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+        raise DatasetError(
+            f"Unknown dataset {name!r}: not registered in fast-reid's DATASET_REGISTRY"
+            + (f"; did you mean {close[0]!r}?" if close else ""),
+            "DATASETS.NAMES / DATASETS.TESTS",
+            f"use one of the {len(known)} registered names: {', '.join(known)}")
     if canonical == "SyntheticReID":
         return osp.join(root, SyntheticReID.dataset_dir)
     layouts = _layouts(canonical, root)
@@ -141,6 +162,115 @@ def check_dataset_root(name, root):
         f"(absolute: {osp.abspath(root)}). Expected one of:\n" + "\n".join(lines) + "\n"
         + _ROOT_HINT
     )
+
+
+# ---------------------------------------------------------------- reader checks
+
+# fast-reid reader -> (its file-name pattern, searched in the whole path as it does; pid range;
+# camera range; an example name)
+_NAMING = {
+    "Market1501": (re.compile(r"([-\d]+)_c(\d)"), (0, 1501), (1, 6), "0002_c1s1_000451_03.jpg"),
+    "DukeMTMC": (re.compile(r"([-\d]+)_c(\d)"), None, (1, 8), "0001_c2_f0046182.jpg"),
+}
+
+
+def check_reader_names(reader, dir_path):
+    """Raise DatasetError for the first ``*.jpg`` in ``dir_path`` that fast-reid's ``reader``
+    (a key of ``_NAMING``) would fail on: a name without ``<pid>_c<camera>``, a pid or a camera
+    outside the reader's range (its asserts)."""
+    pattern, pids, (lo, hi), example = _NAMING[reader]
+    rule = (f"{reader} names are <pid>_c<camera>..., e.g. {example}, with camera {lo}..{hi}"
+            + (f" and pid {pids[0]}..{pids[1]} (-1 = junk)" if pids else ""))
+    fix_tail = "or move the file out of the folder (fast-reid reads every *.jpg there)"
+    for path in sorted(glob.glob(osp.join(dir_path, "*.jpg"))):
+        m = pattern.search(path)
+        if m is None:
+            raise DatasetError(f"image name does not follow the {reader} naming ({rule})", path,
+                               f"rename it like {example} {fix_tail}")
+        pid, cam = map(int, m.groups())
+        if pid == -1:
+            continue
+        if pids and not pids[0] <= pid <= pids[1]:
+            raise DatasetError(f"person id {pid} is outside {reader}'s range {pids[0]}..{pids[1]}"
+                               f" ({rule})", path, f"renumber the identity {fix_tail}")
+        if not lo <= cam <= hi:
+            raise DatasetError(f"camera {cam} is outside {reader}'s range {lo}..{hi} ({rule})",
+                               path, f"renumber the camera into {lo}..{hi} {fix_tail}")
+
+
+def install_reader_checks():
+    """Wrap fast-reid's ``Market1501.process_dir`` and ``DukeMTMC.process_dir`` (and so every
+    subclass, SyntheticReID included) with ``check_reader_names``; idempotent."""
+    from fastreid.data.datasets.dukemtmcreid import DukeMTMC
+
+    for reader, cls in (("Market1501", Market1501), ("DukeMTMC", DukeMTMC)):
+        original = cls.process_dir
+        if getattr(original, "_gltrans_patched", False):
+            continue
+
+        def process_dir(self, dir_path, *args, _original=original, _reader=reader, **kwargs):
+            check_reader_names(_reader, dir_path)
+            return _original(self, dir_path, *args, **kwargs)
+
+        functools.update_wrapper(process_dir, original)
+        process_dir._gltrans_patched = True
+        cls.process_dir = process_dir
+
+
+def _folder_of(dataset, split):
+    return getattr(dataset, {"train": "train_dir", "query": "query_dir",
+                             "gallery": "gallery_dir"}[split], "") or ""
+
+
+def check_train_set(name, dataset):
+    """DatasetError naming the training folder when dataset ``name`` has no training image."""
+    if dataset.train:
+        return
+    folder = _folder_of(dataset, "train")
+    naming = _NAMING.get("Market1501" if isinstance(dataset, Market1501) else name)
+    raise DatasetError(
+        f"Dataset {name}: the training set is empty (no image the reader accepts)",
+        folder or f"DATASETS.NAMES {name}",
+        "put the training images there" + (f" (*.jpg named like {naming[3]})" if naming else "")
+        + ", or set DATASETS.ROOT to the folder that holds them")
+
+
+# the last bytes of a complete file, by format: a file that does not end so is decoded in full
+_END_MARKERS = {"JPEG": (b"\xff\xd9",), "PNG": (b"IEND\xaeB`\x82",)}
+
+
+def _check_image_file(path):
+    from PIL import Image
+
+    with Image.open(path) as img:  # the header only
+        ends = _END_MARKERS.get(img.format)
+        if ends:
+            with open(path, "rb") as f:
+                f.seek(max(0, osp.getsize(path) - 64))
+                tail = f.read().rstrip(b"\x00\r\n ")
+            if not tail.endswith(ends):
+                img.load()  # maybe truncated (or trailing bytes): decode to be sure
+
+
+def check_image_headers(name, dataset):
+    """Open the header of every query / gallery image and look at its last bytes (cheap: only a
+    file whose end marker is missing is decoded), so a file that is not an image, or is
+    truncated, fails when the test set is first read, not at the first evaluation."""
+    from PIL import UnidentifiedImageError
+
+    from ..reliability import CorruptImageError
+
+    for split, items in (("query", dataset.query), ("gallery", dataset.gallery)):
+        for item in items:
+            path = item[0]
+            try:
+                _check_image_file(path)
+            except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+                raise CorruptImageError(
+                    f"Cannot read {split} image {path} of dataset {name} ({type(e).__name__}: "
+                    f"{e}). The file is corrupt, truncated or not an image: replace or delete "
+                    f"it, or set DATALOADER.SKIP_CORRUPT True to skip unreadable images with a "
+                    f"warning.") from e
 
 
 # ---------------------------------------------------------------- synthetic set

@@ -26,7 +26,10 @@ Everything is deterministic from ``seed``: each identity, camera and image draws
 chroma subsampling are fixed, so the same parameters give byte-identical files regardless of
 generation order. The set is written into a temporary sibling folder and renamed into place
 under a file lock, so a half-written set is never read and concurrent callers (DDP ranks) are
-safe; a set whose manifest differs from the requested parameters is replaced.
+safe; a set whose manifest differs from the requested parameters is replaced, and a set with
+missing files gets them written again.  A file the generator did not write is never deleted:
+it is kept (with a warning) beside a set of the same parameters, and a set of other parameters
+that has such files is not replaced (FileExistsError naming them).
 """
 import contextlib
 import io
@@ -443,19 +446,77 @@ def read_manifest(root_dir):
 
 
 def is_valid_synthetic_reid(root_dir, **params):
-    """True when ``root_dir`` holds a complete set generated with exactly these parameters."""
+    """True when ``root_dir`` holds a complete set generated with exactly these parameters
+    (files the generator did not write may be there too: see ``set_differences``)."""
     p = synthetic_params(**params)
     m = read_manifest(root_dir)
     if not m or m.get("version") != GENERATOR_VERSION or m.get("params") != p:
         return False
+    return not set_differences(root_dir, p)[0]
+
+
+def _listing(root_dir):
+    out = set()
     for split in SPLIT_DIRS:
         d = osp.join(root_dir, split)
-        if not osp.isdir(d):
-            return False
-        n = sum(1 for f in os.listdir(d) if f.endswith(".jpg"))
-        if n != m.get("counts", {}).get(split):
-            return False
-    return True
+        if osp.isdir(d):
+            out.update((split, f) for f in os.listdir(d))
+    return out
+
+
+def set_differences(root_dir, params):
+    """(generated files missing, files the generator did not write) of the set in ``root_dir``
+    against the plan of ``params``; each a sorted list of (split folder, file name)."""
+    planned = {(split, fname) for split, fname, *_ in _plan(params)}
+    present = _listing(root_dir)
+    return sorted(planned - present), sorted(present - planned)
+
+
+def _names(files, n=3):
+    shown = ", ".join(f"{split}/{name}" if split else name for split, name in files[:n])
+    return shown + (f", ... ({len(files)} in all)" if len(files) > n else "")
+
+
+def _warn_foreign(root_dir, extra):
+    if extra:
+        logger.warning("The synthetic Re-ID set at %s holds %d files the generator did not "
+                       "write (%s); they are kept (and read as part of the set when they "
+                       "follow the naming).", root_dir, len(extra), _names(extra))
+
+
+def _repair_or_check(root_dir, old, p, force):
+    """A folder with a manifest: same parameters -> write the missing generated files in place
+    and keep every other file (returns the manifest); other parameters -> None when the whole
+    set may be replaced, FileExistsError when files the generator did not write are there
+    (a new set would delete them)."""
+    same = not force and old.get("version") == GENERATOR_VERSION and old.get("params") == p
+    if same:
+        missing, extra = set_differences(root_dir, p)
+        _warn_foreign(root_dir, extra)
+        if missing:
+            logger.warning("The synthetic Re-ID set at %s lacks %d of its generated files (%s); "
+                           "writing them again (the other files are kept).", root_dir,
+                           len(missing), _names(missing))
+            return _write_set(root_dir, p, only=set(missing))
+        return old
+    try:
+        old_params = synthetic_params(**old.get("params", {}))
+    except (TypeError, ValueError):
+        old_params = None
+    extra = set_differences(root_dir, old_params)[1] if old_params else sorted(_listing(root_dir))
+    extra += sorted(("", f) for f in os.listdir(root_dir)
+                    if f not in SPLIT_DIRS and f != MANIFEST_NAME)
+    if extra:
+        raise FileExistsError(
+            f"{root_dir} holds {len(extra)} files the synthetic-set generator did not write "
+            f"({_names(extra)}); making the set for other parameters would delete them. Move "
+            f"them away, or choose another dataset root (DATASETS.ROOT / env FASTREID_DATASETS).")
+    changed = {k: (old.get("params", {}).get(k), v) for k, v in p.items()
+               if old.get("params", {}).get(k) != v}
+    logger.warning("Regenerating the synthetic Re-ID set at %s for other parameters (%s).",
+                   root_dir, ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items())
+                   or f"generator version {old.get('version')} -> {GENERATOR_VERSION}")
+    return None
 
 
 @contextlib.contextmanager
@@ -471,22 +532,29 @@ def _lock(path):
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _write_set(tmp_dir, p):
+def _write_set(tmp_dir, p, only=None):
+    """Render the set of ``p`` into ``tmp_dir`` (only the (split, name) files in ``only`` when
+    given, each through a temporary name) and write its manifest."""
     for split in SPLIT_DIRS:
-        os.makedirs(osp.join(tmp_dir, split))
+        os.makedirs(osp.join(tmp_dir, split), exist_ok=only is not None)
     seed, h, w = p["seed"], p["height"], p["width"]
     cams = {c: _camera(seed, c, h, w) for c in range(1, p["num_cameras"] + 1)}
     ids = {}
     counts = dict.fromkeys(SPLIT_DIRS, 0)
     pids = {s: set() for s in SPLIT_DIRS}
     for split, fname, pid, cam, keys in _plan(p):
+        counts[split] += 1
+        pids[split].add(pid)
+        if only is not None and (split, fname) not in only:
+            continue
         if pid and pid not in ids:
             ids[pid] = _identity(seed, pid, p["group_size"])
         data = render_image(p, ids.get(pid), cams[cam], _rng(seed, *keys))
-        with open(osp.join(tmp_dir, split, fname), "wb") as f:
+        target = osp.join(tmp_dir, split, fname)
+        with open(target + ".part" if only is not None else target, "wb") as f:
             f.write(data)
-        counts[split] += 1
-        pids[split].add(pid)
+        if only is not None:
+            os.replace(target + ".part", target)
     manifest = dict(
         generator="gltrans_plugin.data.synthetic",
         version=GENERATOR_VERSION,
@@ -525,6 +593,7 @@ def generate_synthetic_reid(root_dir, *, num_train_ids=DEFAULTS["num_train_ids"]
     with _lock(osp.join(parent, f".{base}.lock")):
         if not force and is_valid_synthetic_reid(root_dir, **p):
             logger.info("Synthetic Re-ID set already present at %s (seed %d).", root_dir, p["seed"])
+            _warn_foreign(root_dir, set_differences(root_dir, p)[1])
             return read_manifest(root_dir)
         if osp.exists(root_dir) and read_manifest(root_dir) is None and os.listdir(root_dir):
             raise FileExistsError(
@@ -536,9 +605,11 @@ def generate_synthetic_reid(root_dir, *, num_train_ids=DEFAULTS["num_train_ids"]
         for name in os.listdir(parent):
             if name.startswith(f".{base}.tmp-") or name.startswith(f".{base}.old-"):
                 shutil.rmtree(osp.join(parent, name), ignore_errors=True)
-        if osp.exists(root_dir):
-            logger.warning("Regenerating the synthetic Re-ID set at %s: its manifest does not "
-                           "match the requested parameters %s.", root_dir, p)
+        old = read_manifest(root_dir) if osp.exists(root_dir) else None
+        if old is not None:
+            repaired = _repair_or_check(root_dir, old, p, force)
+            if repaired is not None:
+                return repaired
         logger.info("Generating the synthetic Re-ID set at %s with %s ...", root_dir, p)
         t0 = time.perf_counter()
         tmp = osp.join(parent, f".{base}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")

@@ -23,7 +23,7 @@ from .rerank import aqe, k_reciprocal_distance
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FastReidEvaluator"]
+__all__ = ["FastReidEvaluator", "feature_spread"]
 
 
 def _cfg_get(cfg, path, default):
@@ -33,6 +33,26 @@ def _cfg_get(cfg, path, default):
             return default
         node = getattr(node, k)
     return node
+
+
+def feature_spread(q_feat, g_feat, q_pids, g_pids, max_query=512, max_gallery=4096, seed=0):
+    """Mean cosine between query and gallery features of the same identity (``cos_pos``) and
+    of different identities (``cos_neg``), and ``cos_gap`` = their difference, on a fixed
+    random sample (at most ``max_query`` x ``max_gallery`` pairs, so it costs nothing next to
+    the ranking).  Collapsed features (every image maps to nearly the same direction) show
+    ``cos_neg`` near 1 and a gap near 0.  Empty dict without a same- or different-identity pair.
+    """
+    g = torch.Generator().manual_seed(seed)
+    qi = torch.randperm(len(q_feat), generator=g)[:max_query]
+    gi = torch.randperm(len(g_feat), generator=g)[:max_gallery]
+    q = torch.nn.functional.normalize(q_feat[qi].float(), dim=1)
+    gf = torch.nn.functional.normalize(g_feat[gi].float(), dim=1)
+    cos = q @ gf.t()
+    same = torch.as_tensor(q_pids)[qi][:, None] == torch.as_tensor(g_pids)[gi][None, :]
+    if not same.any() or same.all():
+        return {}
+    pos, neg = cos[same].mean().item(), cos[~same].mean().item()
+    return {"cos_pos": pos, "cos_neg": neg, "cos_gap": pos - neg}
 
 
 class FastReidEvaluator(DatasetEvaluator):
@@ -101,6 +121,14 @@ class FastReidEvaluator(DatasetEvaluator):
         test = self.cfg.TEST
         metric = test.METRIC
         self._results = OrderedDict()
+        self.feature_stats = feature_spread(q_feat, g_feat, q_pids, g_pids)
+        if self.feature_stats:
+            st = self.feature_stats
+            log = logger.warning if st["cos_gap"] < 0.01 else logger.info
+            log("Test features: mean cosine query-gallery %.4f for the same identity, %.4f for "
+                "different identities (gap %.4f%s)", st["cos_pos"], st["cos_neg"],
+                st["cos_gap"], "; collapsed: identities are not separated" if
+                st["cos_gap"] < 0.01 else "")
 
         if test.AQE.ENABLED:
             logger.info("Test with AQE setting")

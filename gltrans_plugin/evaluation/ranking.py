@@ -37,6 +37,7 @@ distances in index order (always when no two valid items of a row share a distan
 Memory: features + one C x G float32 chunk (two with ``overlap``) + per-block buffers bounded
 by ``_BLOCK_ELEMS`` rows x G entries, never Q x G.
 """
+import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Optional
@@ -97,16 +98,38 @@ def _chunk_scores(q: torch.Tensor, g: torch.Tensor, metric: str,
     ``out``: an optional C x G float32 buffer to reuse (saves page faults per chunk)."""
     if out is None:
         out = torch.empty(q.shape[0], g.shape[0], dtype=torch.float32, device=q.device)
-    if metric == "cosine":
-        return torch.mm(q, g.t(), out=out), True  # C x G
-    if g_sqnorm is None:
-        g_sqnorm = g.pow(2).sum(dim=1)
-    q_sq = q.pow(2).sum(dim=1)
-    if q.device.type == "cpu":  # numpy: one thread, no OpenMP barrier for a cheap pass
-        np.add(q_sq.numpy()[:, None], g_sqnorm.numpy()[None, :], out=out.numpy())
-    else:
-        torch.add(q_sq.unsqueeze(1), g_sqnorm.unsqueeze(0), out=out)  # C x G
-    return out.addmm_(q, g.t(), beta=1, alpha=-2), False
+    with full_fp32_matmul(q.device):
+        if metric == "cosine":
+            return torch.mm(q, g.t(), out=out), True  # C x G
+        if g_sqnorm is None:
+            g_sqnorm = g.pow(2).sum(dim=1)
+        q_sq = q.pow(2).sum(dim=1)
+        if q.device.type == "cpu":  # numpy: one thread, no OpenMP barrier for a cheap pass
+            np.add(q_sq.numpy()[:, None], g_sqnorm.numpy()[None, :], out=out.numpy())
+        else:
+            torch.add(q_sq.unsqueeze(1), g_sqnorm.unsqueeze(0), out=out)  # C x G
+        return out.addmm_(q, g.t(), beta=1, alpha=-2), False
+
+
+@contextlib.contextmanager
+def full_fp32_matmul(device):
+    """CUDA products in full fp32 inside the block, whatever the caller set: TF32 (10-bit
+    mantissa) would change distances by ~1e-3 and with them the ranking.  The caller's
+    setting is restored after; a no-op on CPU."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    mm = torch.backends.cuda.matmul
+    try:
+        old = mm.allow_tf32
+        mm.allow_tf32 = False
+    except (AttributeError, RuntimeError):  # a torch whose TF32 switch cannot be read here
+        yield
+        return
+    try:
+        yield
+    finally:
+        mm.allow_tf32 = old
 
 
 def _ordered_bits(d: np.ndarray) -> np.ndarray:

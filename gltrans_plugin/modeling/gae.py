@@ -11,6 +11,7 @@ Variants (``MODEL.GLTRANS.GAE.AGGREGATION``):
     "add"     sum of the K class tokens (no parameters, no activation) -> B x D
     "concat"  X_g itself (no parameters, no activation)               -> B x KD
 Activation (``GAE.ACTIVATION``): "gelu" (paper) | "none" (released code).
+Linear init (``MODEL.GLTRANS.LINEAR_INIT``, shared with PTF, GMA and PTL): ``init_linears``.
 """
 
 import logging
@@ -32,12 +33,31 @@ def _act(name: str) -> nn.Module:
     return nn.GELU() if name == "gelu" else nn.Identity()
 
 
-def init_linear(m: nn.Module) -> None:
-    """ViT-style init for the heads' Linear layers: trunc-normal(0.02) weights, zero bias."""
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
+# Init of the heads' Linear layers (GAE, PTF masks, GMA, PTL), ``MODEL.GLTRANS.LINEAR_INIT``.
+LINEAR_INITS = ("kaiming_fan_out", "trunc_normal")
+
+
+def check_linear_init(scheme: str) -> str:
+    if scheme not in LINEAR_INITS:
+        raise ValueError(f"MODEL.GLTRANS.LINEAR_INIT={scheme!r} is not one of {LINEAR_INITS}.")
+    return scheme
+
+
+def init_linears(module: nn.Module, scheme: str = "kaiming_fan_out") -> None:
+    """Initialise every ``nn.Linear`` inside ``module``; biases zero either way.
+
+    "kaiming_fan_out" (released code): kaiming-normal, fan-out, gain sqrt(2) (a = 0), i.e.
+    std sqrt(2 / out_features), not truncated.  "trunc_normal": ViT style, trunc-normal std 0.02.
+    """
+    check_linear_init(scheme)
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            if scheme == "kaiming_fan_out":
+                nn.init.kaiming_normal_(m.weight, a=0, mode="fan_out")
+            else:
+                nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 class GAE(nn.Module):
@@ -45,7 +65,13 @@ class GAE(nn.Module):
 
     @configurable
     def __init__(
-        self, *, embed_dim: int, num_layers: int, aggregation: str = "fc", activation: str = "gelu"
+        self,
+        *,
+        embed_dim: int,
+        num_layers: int,
+        aggregation: str = "fc",
+        activation: str = "gelu",
+        linear_init: str = "kaiming_fan_out",
     ):
         super().__init__()
         if aggregation not in AGGREGATIONS:
@@ -69,7 +95,7 @@ class GAE(nn.Module):
             _act(activation)  # still validate the value
             self.encoder = None
         self.out_dim = kd if aggregation == "concat" else embed_dim
-        self.apply(init_linear)
+        init_linears(self, linear_init)
 
     @classmethod
     def from_config(cls, cfg, embed_dim: int, num_layers: int):
@@ -79,6 +105,7 @@ class GAE(nn.Module):
             "num_layers": num_layers,
             "aggregation": g.AGGREGATION,
             "activation": g.ACTIVATION,
+            "linear_init": cfg.MODEL.GLTRANS.LINEAR_INIT,
         }
 
     def forward(self, cls_tokens: Sequence[torch.Tensor]) -> torch.Tensor:

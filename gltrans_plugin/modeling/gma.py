@@ -17,7 +17,7 @@ import torch
 from fastreid.config import configurable
 from torch import nn
 
-from .gae import init_linear
+from .gae import init_linears
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,15 @@ class GMA(nn.Module):
     """Re-weights each head's channel group of every patch token by its global-guided score."""
 
     @configurable
-    def __init__(self, *, embed_dim: int, global_dim: int, num_heads: int = 12, reduction: int = 1):
+    def __init__(
+        self,
+        *,
+        embed_dim: int,
+        global_dim: int,
+        num_heads: int = 12,
+        reduction: int = 1,
+        linear_init: str = "kaiming_fan_out",
+    ):
         super().__init__()
         if num_heads < 1 or embed_dim % num_heads:
             raise ValueError(
@@ -44,7 +52,7 @@ class GMA(nn.Module):
         inner = embed_dim // reduction
         self.q = nn.Linear(global_dim, inner)  # W_q
         self.k = nn.Linear(embed_dim, inner)  # W_k
-        self.apply(init_linear)
+        init_linears(self, linear_init)
 
     @classmethod
     def from_config(cls, cfg, embed_dim: int, global_dim: int):
@@ -54,6 +62,7 @@ class GMA(nn.Module):
             "global_dim": global_dim,
             "num_heads": g.NUM_HEADS,
             "reduction": g.REDUCTION,
+            "linear_init": cfg.MODEL.GLTRANS.LINEAR_INIT,
         }
 
     def _scores(self, f_g: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -10,9 +10,11 @@ Branches are data.  ``MODEL.GLTRANS.BRANCHES`` entries expand to branch names:
                 (cls10, cls11, cls12 for ViT-B and the last three layers)      B x D each
     "cls_last"  only the last aggregated layer's class token
     "cls<l>"    one named layer
-Each branch has a BNNeck (BatchNorm1d, bias frozen, as fast-reid's) and a Linear classifier
-(no bias, init std 0.001).  ``MODEL.GLTRANS.TEST_BRANCHES`` (same names) picks the test feature:
-concat(f_g, f_l, cls^L), B x (P+2)D, before the BNNeck unless MODEL.HEADS.NECK_FEAT = "after".
+Each branch has a BNNeck (BatchNorm1d, weight 1, bias 0 and trainable as the released code's;
+frozen at zero as fast-reid's with MODEL.GLTRANS.NECK_BIAS_FREEZE) and a Linear classifier
+(no bias, init std 0.001).  ``MODEL.GLTRANS.TEST_BRANCHES`` (same names) picks the test feature,
+concatenated in that order: concat(f_g, f_l, cls^L) (paper; the released code's is
+concat(f_l, f_g, cls^L)), B x (P+2)D, before the BNNeck unless MODEL.HEADS.NECK_FEAT = "after".
 """
 
 import logging
@@ -66,14 +68,16 @@ def expand_branches(entries: Sequence[str], layer_numbers: Sequence[int]) -> Lis
 
 
 class BNNeckClassifier(nn.Module):
-    """BNNeck (BatchNorm1d with frozen zero bias) followed by a bias-free Linear classifier."""
+    """BNNeck (BatchNorm1d, bias 0 at init; trainable, or frozen with ``bias_freeze``) followed
+    by a bias-free Linear classifier."""
 
-    def __init__(self, dim: int, num_classes: int):
+    def __init__(self, dim: int, num_classes: int, bias_freeze: bool = False):
         super().__init__()
         self.bn = nn.BatchNorm1d(dim)
         nn.init.ones_(self.bn.weight)
         nn.init.zeros_(self.bn.bias)
-        self.bn.bias.requires_grad_(False)
+        if bias_freeze:
+            self.bn.bias.requires_grad_(False)
         self.classifier = nn.Linear(dim, num_classes, bias=False)
         nn.init.normal_(self.classifier.weight, std=0.001)
 
@@ -143,8 +147,10 @@ class GLTransHead(nn.Module):
     forward(features, targets=None), ``features`` the backbone's dict
     {"cls": K x (B x D), "patches": K x (B x N x D), "grid": (Hg, Wg)}:
       training -> {"features": {name: B x dim (pre-BN)} for every branch and every cls<l>,
+                   "neck_features": {branch: B x dim (after the branch's BNNeck)},
                    "logits": {branch: B x C}}
-      eval     -> test feature B x ``feat_dim`` (concat of TEST_BRANCHES, pre- or post-BN)
+      eval     -> test feature B x ``feat_dim`` (concat of TEST_BRANCHES in their order,
+                  pre- or post-BN)
     """
 
     @configurable
@@ -159,6 +165,7 @@ class GLTransHead(nn.Module):
         gae: Optional[GAE] = None,
         lmf: Optional[LMF] = None,
         neck_feat: str = "before",
+        neck_bias_freeze: bool = False,
     ):
         super().__init__()
         if neck_feat not in ("before", "after"):
@@ -220,7 +227,10 @@ class GLTransHead(nn.Module):
                 )
 
         self.necks = nn.ModuleDict(
-            {n: BNNeckClassifier(dims[n], num_classes) for n in self.branch_names}
+            {
+                n: BNNeckClassifier(dims[n], num_classes, bias_freeze=neck_bias_freeze)
+                for n in self.branch_names
+            }
         )
         self.test_names = [n for n, _ in expand_branches(test_branches, self.layer_numbers)]
         for n in self.test_names:
@@ -271,6 +281,7 @@ class GLTransHead(nn.Module):
             "gae": gae,
             "lmf": lmf,
             "neck_feat": cfg.MODEL.HEADS.NECK_FEAT,
+            "neck_bias_freeze": bool(g.NECK_BIAS_FREEZE),
         }
 
     def branch_features(self, features: Dict) -> Dict[str, torch.Tensor]:
@@ -297,5 +308,9 @@ class GLTransHead(nn.Module):
             else:
                 out = [feats[n] for n in self.test_names]
             return torch.cat(out, dim=1)  # B x feat_dim
-        logits = {n: self.necks[n](feats[n])[1] for n in self.branch_names}
-        return {"features": feats, "logits": logits}
+        necked = {n: self.necks[n](feats[n]) for n in self.branch_names}
+        return {
+            "features": feats,
+            "neck_features": {n: bn for n, (bn, _) in necked.items()},
+            "logits": {n: logits for n, (_, logits) in necked.items()},
+        }

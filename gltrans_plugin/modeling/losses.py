@@ -18,6 +18,7 @@ import logging
 from typing import Dict, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from fastreid.config import configurable
 from fastreid.modeling.losses import cross_entropy_loss, log_accuracy, triplet_loss
 
@@ -62,6 +63,7 @@ class MultiBranchLoss:
         tri_hard_mining: bool = True,
         cls_triplet_on_last: bool = False,
         last_cls: Optional[str] = None,
+        tri_feature: str = "before",
     ):
         self.branches = list(branches)
         self.weights = {b: 1.0 for b in self.branches}
@@ -73,6 +75,12 @@ class MultiBranchLoss:
             tri_norm_feat,
             tri_hard_mining,
         )
+        if tri_feature not in ("before", "after"):
+            raise ValueError(
+                f"MODEL.GLTRANS.TRI_FEATURE={tri_feature!r}: use 'before' (pre-BNNeck "
+                f"features) or 'after' (BNNeck outputs)."
+            )
+        self.tri_feature = tri_feature
         if cls_triplet_on_last and last_cls is None:
             raise ValueError("cls_triplet_on_last needs the name of the last cls branch.")
         # which feature each branch's triplet term uses
@@ -106,10 +114,12 @@ class MultiBranchLoss:
             "tri_hard_mining": L.TRI.HARD_MINING,
             "cls_triplet_on_last": g.CLS_TRIPLET_ON_LAST,
             "last_cls": last_cls,
+            "tri_feature": g.TRI_FEATURE,
         }
 
     def __call__(self, outputs: Dict, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
-        feats, logits = outputs["features"], outputs["logits"]
+        logits = outputs["logits"]
+        feats = outputs["features"] if self.tri_feature == "before" else outputs["neck_features"]
         n = len(self.branches)
         losses = {}
         for b in self.branches:
@@ -124,6 +134,60 @@ class MultiBranchLoss:
                 )
                 losses[f"loss_triplet_{b}"] = tri * (self.tri_weight * w)
         return losses
+
+
+HEALTH_PREFIX = "health/"
+
+
+@torch.no_grad()
+def metric_stats(feat: torch.Tensor, targets: torch.Tensor) -> Dict[str, float]:
+    """How well one branch's pre-BN features (B x dim) separate identities in this batch.
+
+    norm        mean L2 norm of the features
+    pos, neg    mean euclidean distance between images of the same / of different identities
+    rel_gap     (neg - pos) / neg: 0 when negatives are as close as positives, scale-free
+    cos_pos, cos_neg   mean cosine similarity of the same pairs; cos_neg near 1 = every image
+                maps to nearly the same direction (collapsed features)
+    violation   share of anchors whose hardest positive is at least as far as their hardest
+                negative (the batch-hard triplets with the wrong order)
+    Empty dict when the batch has no positive or no negative pair.
+    """
+    f = feat.detach().float()
+    t = targets.view(-1)
+    same = t[:, None] == t[None, :]
+    eye = torch.eye(len(t), dtype=torch.bool, device=t.device)
+    pos, neg = same & ~eye, ~same
+    if not pos.any() or not neg.any():
+        return {}
+    dist = torch.cdist(f, f)
+    unit = F.normalize(f, dim=1)
+    cos = unit @ unit.t()
+    pos_d, neg_d = dist[pos].mean(), dist[neg].mean()
+    hard_ap = dist.masked_fill(~pos, float("-inf")).amax(dim=1)
+    hard_an = dist.masked_fill(~neg, float("inf")).amin(dim=1)
+    has_both = pos.any(dim=1) & neg.any(dim=1)
+    return {
+        "norm": f.norm(dim=1).mean().item(),
+        "pos": pos_d.item(),
+        "neg": neg_d.item(),
+        "rel_gap": ((neg_d - pos_d) / neg_d.clamp_min(1e-12)).item(),
+        "cos_pos": cos[pos].mean().item(),
+        "cos_neg": cos[neg].mean().item(),
+        "violation": (hard_ap[has_both] >= hard_an[has_both]).float().mean().item(),
+    }
+
+
+def log_branch_health(feats: Dict[str, torch.Tensor], targets: torch.Tensor) -> None:
+    """Put ``metric_stats`` of every branch into fast-reid's EventStorage as
+    ``health/<branch>/<stat>`` (metrics.json, TensorBoard); no-op outside a trainer."""
+    from fastreid.utils import events
+
+    if not getattr(events, "_CURRENT_STORAGE_STACK", None):
+        return
+    storage = events.get_event_storage()
+    for b, f in feats.items():
+        for k, v in metric_stats(f, targets).items():
+            storage.put_scalar(f"{HEALTH_PREFIX}{b}/{k}", v)
 
 
 def log_branch_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> None:

@@ -24,7 +24,7 @@ from fastreid.modeling.meta_arch import META_ARCH_REGISTRY, Baseline
 from torch import nn
 
 from .heads import GLTransHead
-from .losses import MultiBranchLoss, log_branch_accuracy
+from .losses import MultiBranchLoss, log_branch_accuracy, log_branch_health
 
 logger = logging.getLogger(__name__)
 
@@ -160,4 +160,7 @@ class GLTrans(Baseline):
         """{"loss_ce_<branch>", "loss_triplet_<branch>"}: weighted terms summing to the loss."""
         first = self.heads.branch_names[0]
         log_branch_accuracy(outputs["logits"][first], gt_labels)
+        # health of the space the triplet terms shape (pre- or post-BNNeck)
+        feats = outputs["neck_features" if self.criterion.tri_feature == "after" else "features"]
+        log_branch_health({b: feats[b] for b in self.heads.branch_names}, gt_labels)
         return self.criterion(outputs, gt_labels)

@@ -23,7 +23,7 @@ import torch
 from fastreid.config import configurable
 from torch import nn
 
-from .gae import init_linear
+from .gae import init_linears
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ class PTF(nn.Module):
         reduction: int = 4,
         mask: str = "linear",
         fusion_order: str = "paper",
+        linear_init: str = "kaiming_fan_out",
     ):
         super().__init__()
         if mask not in MASKS:
@@ -116,8 +117,8 @@ class PTF(nn.Module):
             self.fusion = nn.Sequential(
                 nn.Conv2d(kd, d, 1), nn.GELU(), nn.BatchNorm2d(d), nn.Conv2d(d, d, 3, padding=1)
             )
-        self.apply(init_linear)
-        for m in self.modules():
+        init_linears(self, linear_init)  # the "linear" masks' layers
+        for m in self.modules():  # convs: kaiming fan-in, zero bias (as the released code)
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in")
                 if m.bias is not None:
@@ -132,6 +133,7 @@ class PTF(nn.Module):
             "reduction": p.REDUCTION,
             "mask": p.MASK,
             "fusion_order": p.FUSION_ORDER,
+            "linear_init": cfg.MODEL.GLTRANS.LINEAR_INIT,
         }
 
     def forward(self, patches: Sequence[torch.Tensor], grid: Tuple[int, int]) -> torch.Tensor:

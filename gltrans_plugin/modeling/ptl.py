@@ -9,11 +9,15 @@ P parts, n_k patches in stripe k, T transformer layers.
     T pre-norm transformer layers (timm Block; attention fused SDPA or explicit by
     ``attn_impl``, see speed.py), shared across parts (paper) or one stack per part, then
     LayerNorm; t_k is read out                                           B x D
+    Every LayerNorm of the stack (the blocks' two and the final one) has eps ``norm_eps``
+    (released code: 1e-5, torch's default; timm's ViT default is 1e-6). Linear layers:
+    ``linear_init`` (see gae.init_linears).
     f_l = concat(t_1 .. t_P)                                             B x PD
 T = 0 (Table 9, Model-1): f_l = concat of each stripe's average token, no parameters at all.
 """
 
 import logging
+from functools import partial
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -21,6 +25,7 @@ from fastreid.config import configurable
 from timm.models.vision_transformer import Block, init_weights_vit_timm
 from torch import nn
 
+from .gae import check_linear_init, init_linears
 from .speed import (check_attn_impl, compile_fallback, compile_modules, is_compile_error,
                     set_fused_attention, use_fused_attention)
 
@@ -72,6 +77,8 @@ class PTL(nn.Module):
         part_token_init: str = "zeros",
         attn_impl: str = "auto",
         compile_blocks: bool = False,
+        norm_eps: float = 1e-5,
+        linear_init: str = "kaiming_fan_out",
     ):
         super().__init__()
         if num_parts < 1:
@@ -83,6 +90,9 @@ class PTL(nn.Module):
                 f"MODEL.GLTRANS.PTL.PART_TOKEN_INIT={part_token_init!r} is not one "
                 f"of {PART_TOKEN_INITS}."
             )
+        check_linear_init(linear_init)
+        if not norm_eps > 0:
+            raise ValueError(f"MODEL.GLTRANS.PTL.NORM_EPS must be > 0, got {norm_eps}.")
         num_heads = num_heads or default_num_heads(embed_dim)
         if embed_dim % num_heads:
             raise ValueError(f"PTL num_heads={num_heads} must divide the embed dim {embed_dim}.")
@@ -97,6 +107,8 @@ class PTL(nn.Module):
             return
         self.part_tokens = nn.Parameter(torch.zeros(num_parts, embed_dim))  # t_k: P x D
 
+        norm = partial(nn.LayerNorm, eps=float(norm_eps))
+
         def stack():
             blocks = [
                 Block(
@@ -107,13 +119,17 @@ class PTL(nn.Module):
                     proj_drop=proj_drop,
                     attn_drop=attn_drop,
                     drop_path=drop_path,
+                    norm_layer=norm,
                 )
                 for _ in range(depth)
             ]
-            return nn.Sequential(*blocks, nn.LayerNorm(embed_dim))
+            return nn.Sequential(*blocks, norm(embed_dim))
 
         self.stacks = nn.ModuleList([stack() for _ in range(1 if shared else num_parts)])
-        self.stacks.apply(init_weights_vit_timm)
+        if linear_init == "trunc_normal":
+            self.stacks.apply(init_weights_vit_timm)  # timm's ViT init (trunc-normal 0.02)
+        else:
+            init_linears(self.stacks, linear_init)
         if part_token_init == "trunc_normal":
             nn.init.trunc_normal_(self.part_tokens, std=0.02)
         self._compiled = bool(compile_blocks) and compile_modules(self._blocks(), "PTL layers")
@@ -132,6 +148,8 @@ class PTL(nn.Module):
             "part_token_init": p.PART_TOKEN_INIT,
             "attn_impl": str(cfg.MODEL.get("ATTN_IMPL", "auto")),
             "compile_blocks": bool(cfg.MODEL.get("COMPILE", False)),
+            "norm_eps": float(p.NORM_EPS),
+            "linear_init": cfg.MODEL.GLTRANS.LINEAR_INIT,
         }
 
     def _blocks(self) -> List[nn.Module]:

@@ -22,8 +22,6 @@ non-strictly and logs every missing and unexpected key by name.
 import logging
 import math
 import os
-import pickle
-import zipfile
 from collections.abc import Mapping
 from typing import Dict, Optional, Sequence
 
@@ -31,7 +29,11 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from ..checkpoint import CheckpointError, torch_load
+
 logger = logging.getLogger(__name__)
+
+_PRETRAIN_KEY = "MODEL.BACKBONE.PRETRAIN_PATH"
 
 __all__ = ["checkpoint_filter_fn", "load_pretrained", "read_checkpoint", "unwrap_state_dict"]
 
@@ -195,20 +197,11 @@ def read_checkpoint(path: str, allow_pickle: bool = False):
         try:
             return load_file(path, device="cpu")
         except Exception as e:
-            raise ValueError(f"{path!r} is not a readable safetensors file: {e}") from e
-    try:
-        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except pickle.UnpicklingError as e:
-        if not allow_pickle and zipfile.is_zipfile(path):
-            raise ValueError(
-                f"{path!r} holds pickled Python objects besides tensors, which weights_only "
-                f"loading refuses. If you trust the file, set MODEL.BACKBONE.ALLOW_PICKLE True "
-                f"(this runs code from the file), or re-save its state dict alone. ({e})") from e
-        raise ValueError(
-            f"{path!r} is not a PyTorch checkpoint (or is a legacy pickle file, which loads only "
-            f"with MODEL.BACKBONE.ALLOW_PICKLE True, if you trust it): {e}") from e
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path!r} is not a readable PyTorch checkpoint: {e}") from e
+            raise CheckpointError(f"not a readable safetensors file ({e})",
+                                  f"{path}, {_PRETRAIN_KEY}", "give a complete .safetensors "
+                                  "file or a torch checkpoint") from e
+    return torch_load(path, key=_PRETRAIN_KEY, allow_pickle=allow_pickle,
+                      opt_in="MODEL.BACKBONE.ALLOW_PICKLE True")
 
 
 def load_pretrained(model: nn.Module, path: str, allow_pickle: bool = False, fmt: str = "auto",
@@ -217,12 +210,21 @@ def load_pretrained(model: nn.Module, path: str, allow_pickle: bool = False, fmt
 
     Returns torch's ``_IncompatibleKeys`` (``missing_keys``, ``unexpected_keys``).
     """
-    sd = checkpoint_filter_fn(read_checkpoint(path, allow_pickle), model, fmt=fmt,
-                              old_grid=old_grid, interpolation=interpolation)
+    raw = read_checkpoint(path, allow_pickle)
+    try:
+        sd = checkpoint_filter_fn(raw, model, fmt=fmt, old_grid=old_grid,
+                                  interpolation=interpolation)
+    except CheckpointError:
+        raise
+    except ValueError as e:  # the filter's messages name the key; add the file
+        raise CheckpointError("pretrained weights cannot be used", f"{path}, {_PRETRAIN_KEY}",
+                              str(e).rstrip(".")) from e
     target = model.state_dict()
     if not any(k in target for k in sd):
-        raise ValueError(f"no key of {path!r} matches the backbone (first keys: "
-                         f"{sorted(sd)[:5]}); it is not a ViT checkpoint of a known format.")
+        raise CheckpointError(f"no key of the file matches the backbone (first keys: "
+                              f"{sorted(sd)[:5]}): it is not a ViT checkpoint of a known format",
+                              f"{path}, {_PRETRAIN_KEY}", "give timm / DeiT / TransReID ViT "
+                              "weights, or MODEL.BACKBONE.PRETRAIN False")
     result = model.load_state_dict(sd, strict=False)
     new = [k for k in result.missing_keys if k.startswith(_NEW_KEYS)]
     missing = [k for k in result.missing_keys if not k.startswith(_NEW_KEYS)]

@@ -116,8 +116,10 @@ def load_images(cfg, paths: Sequence[str]) -> torch.Tensor:
     from fastreid.data.transforms import build_transforms
     from PIL import Image
 
+    from ..data.images import to_rgb
+
     tf = build_transforms(cfg, is_train=False)
-    return torch.stack([tf(Image.open(p).convert("RGB")) for p in paths])
+    return torch.stack([tf(to_rgb(Image.open(p))) for p in paths])
 
 
 def _overlay(ax, img: np.ndarray, heat: Optional[torch.Tensor], title: str):

@@ -13,7 +13,9 @@ Each converter maps every key it knows, reports by name what is left over on eit
     ``bottleneck_1..4``, ``classifier_1..4``.
 (b) Authors' released GLTrans code (``AWangYQ/GLTrans``: ``model/GLTrans.py``,
     ``model/base_model.py``, ``model/refine_model.py``) -> the ``*_released_code.yml`` model
-    (PTF MASK conv_bn, FUSION_ORDER released, PTL SHARED False):
+    (PTF MASK conv_bn, FUSION_ORDER released, PTL SHARED False; PTL NORM_EPS 1e-5 for the same
+    numbers, a warning otherwise; with NECK_BIAS_FREEZE True the BNNeck biases still load, they
+    just stop training):
         base.base.*                     ViT (as (a), prefix ``base.base.``)
         base.norm.{k}.*                 backbone.cls_norms.{k}.*
         base.PAM.{k}.conv1/bn1/conv2/bn2 heads.lmf.ptf.masks.{k}.mask.0/1/3/4
@@ -232,6 +234,11 @@ def convert_released_gltrans(checkpoint, model: nn.Module) -> ConversionReport:
         raise ValueError("the released code's PTF has conv+BN masks and Conv1x1-GELU-BN-Conv3x3 "
                          "fusion: set MODEL.GLTRANS.PTF.MASK conv_bn and PTF.FUSION_ORDER "
                          "released (the *_released_code.yml preset).")
+    eps = sorted({m.eps for m in model.heads.lmf.ptl.modules() if isinstance(m, nn.LayerNorm)})
+    if eps and eps != [1e-5]:
+        logger.warning("the released code's PTL LayerNorms have eps 1e-5, this model's %s: the "
+                       "local feature will differ from theirs; set MODEL.GLTRANS.PTL.NORM_EPS "
+                       "1e-5 (the *_released_code.yml preset).", eps)
     sd = unwrap_state_dict(checkpoint)
     mapped, used, origin = _released_map(sd, model)
     report = _report(sd, mapped, used, model.state_dict(), origin)

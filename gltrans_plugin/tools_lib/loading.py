@@ -31,7 +31,7 @@ _OPTIONAL_KEYS = ("pixel_mean", "pixel_std")
 
 def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     """A fast-reid checkpoint (``{"model": ...}``) or a bare state dict -> name -> tensor."""
-    return unwrap_state_dict(safe_torch_load(path))
+    return unwrap_state_dict(safe_torch_load(path, key="--weights / MODEL.WEIGHTS"))
 
 
 def sizes_from_state_dict(sd: Dict[str, torch.Tensor]) -> Dict[str, int]:

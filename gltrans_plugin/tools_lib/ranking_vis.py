@@ -84,8 +84,10 @@ def select_queries(ranks: Sequence[Dict], num: int, how: str = "first", seed: in
 def _cell(path: str, size, colour, frame: int):
     from PIL import Image, ImageOps
 
+    from ..data.images import to_rgb
+
     h, w = size
-    img = Image.open(path).convert("RGB").resize((w - 2 * frame, h - 2 * frame))
+    img = to_rgb(Image.open(path)).resize((w - 2 * frame, h - 2 * frame))
     return ImageOps.expand(img, border=frame, fill=colour)
 
 

@@ -1,0 +1,67 @@
+"""Images in any mode read as 8-bit RGB, as a photo viewer shows them.
+
+fast-reid's ``read_image`` (``fastreid/data/data_utils.py``) keeps the file's mode: an RGBA or
+LA PNG gives 4 / 2 channels, a CMYK JPEG 4, a 16-bit PNG uint16 values; the transforms then
+fail far from the file (torchvision's ``RandomErasing``: ``ValueError: If value is a sequence,
+it should have either a single value or 4 ...``) or normalise wrong values.  ``to_rgb``
+converts every mode (P, L, LA, RGBA, CMYK, YCbCr, I;16, I, F, 1, ...) to RGB: transparency
+composited on black (what dropping alpha gives), 16-bit scaled to 8 bits.
+``install()`` makes fast-reid's reader (training, test and ``tools/``) return ``to_rgb`` images.
+"""
+import functools
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["install", "to_rgb"]
+
+_HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def to_rgb(img):
+    """A PIL image of any mode -> 8-bit RGB (the input is returned when it already is)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in _HIGH_BIT_MODES or img.mode == "F":
+        arr = np.asarray(img).astype(np.float64)
+        top = 255.0 if arr.size == 0 or arr.max() <= 255 else (
+            65535.0 if arr.max() <= 65535 else float(arr.max()))
+        arr = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)  # H x W
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # palette transparency: through RGBA, as Pillow advises
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def install():
+    """fast-reid's ``read_image`` returns ``to_rgb`` images when no format is asked for
+    (``CommDataset`` and the tools call it so); idempotent."""
+    from fastreid.data import common, data_utils
+
+    original = data_utils.read_image
+    if getattr(original, "_gltrans_patched", False):
+        return
+
+    @functools.wraps(original)
+    def read_image(file_name, format=None):
+        if format is not None:
+            return original(file_name, format)
+        with data_utils.PathManager.open(file_name, "rb") as f:
+            img = Image.open(f)
+            try:
+                from PIL import ImageOps
+
+                img = ImageOps.exif_transpose(img)
+            except Exception:  # noqa: BLE001  (fast-reid ignores bad EXIF too)
+                pass
+            img = to_rgb(img)
+            img.load()
+        return img
+
+    read_image._gltrans_patched = True
+    data_utils.read_image = read_image
+    common.read_image = read_image  # CommDataset imported it by name

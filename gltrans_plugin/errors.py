@@ -1,0 +1,222 @@
+"""One-line errors for the command-line programs (``projects/train_net.py``, ``tools/*``).
+
+A program wraps its ``main`` in ``run_main``; an error ends it with one line on stderr,
+
+    error: <what> (<file or key>): <fix>
+
+and exit code 2 for a problem with the user's input (config, data, checkpoint, disk), 1 for
+anything else (a bug: the line says so).  The full traceback goes to ``OUTPUT_DIR/log.txt``
+(``set_log_dir``; ``log.txt.rank<r>`` for the other ranks, as fast-reid names them) and, with
+``--debug`` or env ``GLTRANS_DEBUG=1``, to stderr too.
+
+``UserError`` is the plugin's own error type with that form; the plugin's other error types
+(``ConfigKeyError``, ``CorruptImageError``, ``NonFiniteLossError``) and the known upstream
+ones (missing files, unreadable checkpoints, yacs' config errors, ENOSPC) are reported from
+their message.  Multi-process runs: each worker reports its own error (``guarded``) and exits
+with that code (a rank other than 0 prints its line after 3 s, so that when rank 0 failed the
+same way only rank 0's line shows); the launcher then adds nothing
+(``ProcessExitedException`` with code 2).
+"""
+import errno
+import os
+import pickle
+import sys
+import time
+import traceback
+
+__all__ = [
+    "DEBUG_ENV",
+    "DiskFullError",
+    "EXIT_INTERNAL",
+    "EXIT_USER",
+    "UserError",
+    "format_error",
+    "guarded",
+    "report",
+    "run_main",
+    "set_log_dir",
+]
+
+DEBUG_ENV = "GLTRANS_DEBUG"  # "1": print the full traceback on stderr too
+EXIT_USER = 2      # bad input: config, data, checkpoint, disk
+EXIT_INTERNAL = 1  # anything else (a bug)
+
+_LOG = {"dir": ""}
+
+
+class UserError(Exception):
+    """A problem with the user's input, in one line: ``<what> (<where>): <fix>``.
+
+    ``where`` is the file or config key at fault, ``fix`` what to do.  Subclasses mix in the
+    builtin type callers expect (``ValueError``, ``OSError``, ...)."""
+
+    def __init__(self, what, where="", fix=""):
+        self.what, self.where, self.fix = str(what), str(where or ""), str(fix or "")
+        super().__init__(self._line())
+
+    def _line(self):
+        return self.what + (f" ({self.where})" if self.where else "") \
+            + (f": {self.fix}" if self.fix else "")
+
+    def __str__(self):
+        return self._line()
+
+
+class DiskFullError(UserError, OSError):
+    """ENOSPC while writing ``path``; the file it would have replaced is intact."""
+
+    def __init__(self, path):
+        folder = os.path.dirname(os.path.abspath(path))
+        super().__init__(f"no space left on the device of {folder} while writing "
+                         f"{os.path.basename(path)}", path,
+                         "free disk space there (or set OUTPUT_DIR to another disk) and run "
+                         "again with --resume; the previous checkpoint is intact")
+        self.errno, self.filename = errno.ENOSPC, path
+
+
+def set_log_dir(output_dir):
+    """Where ``report`` appends tracebacks: ``<output_dir>/log.txt`` (fast-reid's log file)."""
+    _LOG["dir"] = str(output_dir or "")
+
+
+def _rank():
+    try:
+        import torch.distributed as dist
+
+        return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    except Exception:  # noqa: BLE001  (no torch / no process group: rank 0)
+        return 0
+
+
+def _log_file():
+    if not _LOG["dir"]:
+        return ""
+    rank = _rank()
+    name = "log.txt" + (f".rank{rank}" if rank else "")
+    return name if _LOG["dir"] in (".", "") else os.path.join(_LOG["dir"], name)
+
+
+def _one_line(text):
+    parts = [p.strip() for p in str(text).splitlines() if p.strip()]
+    out = ""
+    for p in parts:
+        out += ("" if not out else " " if out.endswith(":") else "; ") + p
+    return out
+
+
+def _chain(exc):
+    seen = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def _enospc(exc):
+    return next((e for e in _chain(exc) if isinstance(e, OSError)
+                 and e.errno == errno.ENOSPC), None)
+
+
+def format_error(exc):
+    """(one line starting with ``error: ``, or None to print nothing; exit code) for ``exc``."""
+    try:
+        from torch.multiprocessing import ProcessExitedException
+    except ImportError:  # pragma: no cover
+        ProcessExitedException = ()
+    from .reliability import ConfigKeyError, CorruptImageError, NonFiniteLossError
+
+    if isinstance(exc, ProcessExitedException) and exc.exit_code in (EXIT_USER, EXIT_INTERNAL):
+        return None, exc.exit_code  # the worker printed its own line
+    if isinstance(exc, ProcessExitedException):
+        return (f"error: worker process {exc.error_index} ended with "
+                f"{'signal ' + str(exc.signal_name) if exc.signal_name else exc.exit_code} "
+                f"(pid {exc.pid}): see its log (OUTPUT_DIR/log.txt.rank<r>); a signal usually "
+                f"means out of memory (OOM killer) or a kill from outside"), EXIT_INTERNAL
+    if isinstance(exc, KeyboardInterrupt):
+        return "error: interrupted (Ctrl-C): resume with --resume", 130
+    disk = _enospc(exc) if not isinstance(exc, UserError) else None
+    if disk is not None:
+        path = disk.filename or "?"
+        return "error: " + str(DiskFullError(path)), EXIT_USER
+    if isinstance(exc, (UserError, ConfigKeyError, CorruptImageError, NonFiniteLossError)):
+        return "error: " + _one_line(exc), EXIT_USER
+    if isinstance(exc, FileNotFoundError) and exc.filename and exc.errno:
+        return (f"error: file or folder not found ({exc.filename}): check the path (relative "
+                f"paths are from {os.getcwd()})"), EXIT_USER
+    if isinstance(exc, PermissionError) and exc.filename:
+        return (f"error: permission denied ({exc.filename}): make it readable / writable, or "
+                f"choose another path"), EXIT_USER
+    if isinstance(exc, (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+                        pickle.UnpicklingError, FloatingPointError)):
+        return "error: " + _one_line(exc), EXIT_USER
+    where = _log_file()
+    return (f"error: internal error, {type(exc).__name__}: {_one_line(exc)[:300]}"
+            + (f" ({where})" if where else "")
+            + ": this is a bug, not a problem with your input; rerun with --debug (or "
+              f"{DEBUG_ENV}=1) for the traceback and report it"), EXIT_INTERNAL
+
+
+def _debug():
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def report(exc):
+    """Print ``exc``'s one line on stderr (the traceback too with --debug), append the
+    traceback to the log file; returns the exit code."""
+    line, code = format_error(exc)
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    path = _log_file()
+    if path and line is not None:
+        try:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            with open(path, "a") as f:
+                f.write(text + line + "\n")
+        except OSError:
+            pass  # the disk may be what failed: stderr still gets the line
+    if line is not None:
+        if _rank() > 0:  # rank 0 usually has the same error: its line, then the launcher
+            time.sleep(3.0)  # ends this process; a rank alone in its error still prints it
+        if _debug():
+            sys.stderr.write(text)
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    return code
+
+
+class guarded:
+    """``main`` that reports its own error and exits with the code (picklable, for the
+    launcher's worker processes)."""
+
+    def __init__(self, main):
+        self.main = main
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return self.main(*args, **kwargs)
+        except SystemExit:
+            raise
+        except BaseException as e:  # noqa: BLE001  (every error ends in one line)
+            code = report(e)
+            _flush()
+            raise SystemExit(code) from None
+
+
+def _flush():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def run_main(main, *args, **kwargs):
+    """Run a program's ``main``: ``--debug`` (anywhere on the command line) is removed from
+    ``sys.argv`` and sets ``GLTRANS_DEBUG=1`` (inherited by worker processes); an error ends
+    the program with one line (``report``) and exit code 2 (input) or 1 (bug)."""
+    if "--debug" in sys.argv[1:]:
+        sys.argv = [sys.argv[0]] + [a for a in sys.argv[1:] if a != "--debug"]
+        os.environ[DEBUG_ENV] = "1"
+    try:
+        return guarded(main)(*args, **kwargs)
+    except SystemExit as e:
+        sys.exit(e.code)
