@@ -15,14 +15,16 @@ loads its weights strictly (classes / cameras read from the checkpoint), and ask
 (B x C) on the raw batch:
   * GLTrans teacher: eval mode, its own normalisation and camera ids (SIE); logits = mean over
     the teacher's branches of each branch's classifier(BNNeck(feature));
-  * any other (Baseline-style) teacher: fast-reid's way,
-    ``heads(backbone(x))['pred_class_logits']``.
+  * any other (Baseline + EmbeddingHead) teacher: the head's ``pred_class_logits`` computed
+    in eval mode (fast-reid's Distiller runs its teachers in training mode, so their BNs use
+    and update batch statistics).
 Losses are ``Distiller.losses`` unchanged (the student's own losses + ``loss_jsdiv``).
 ``KD.EMA`` (self-distillation) is not supported here: use fast-reid's ``Distiller`` for it.
 """
 import logging
 
 import torch
+import torch.nn.functional as F
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY, Baseline, build_model
 from fastreid.modeling.meta_arch.distiller import Distiller
 
@@ -64,8 +66,13 @@ def teacher_logits(model_t, batched_inputs) -> torch.Tensor:
         logits = [heads.necks[n](branch[n])[1] for n in heads.branch_names]  # each B x C
         return torch.stack(logits, 0).mean(0)  # B x C
     images = Baseline.preprocess_image(model_t, {"images": batched_inputs["images"].clone()})
-    return model_t.heads(model_t.backbone(images),
-                         batched_inputs["targets"].to(images.device))["pred_class_logits"]
+    heads = model_t.heads  # fast-reid's EmbeddingHead; in eval mode it returns features only
+    neck = heads.bottleneck(heads.pool_layer(model_t.backbone(images)))[..., 0, 0]  # B x D
+    if heads.cls_layer.__class__.__name__ == "Linear":
+        logits = F.linear(neck, heads.weight)
+    else:  # cosine-type layers (ArcSoftmax, CircleSoftmax, CosSoftmax)
+        logits = F.linear(F.normalize(neck), F.normalize(heads.weight))
+    return logits.mul(heads.cls_layer.s)  # B x C, as its "pred_class_logits"
 
 
 @META_ARCH_REGISTRY.register()
