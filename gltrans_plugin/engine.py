@@ -8,6 +8,7 @@ data problems before the model is built, unreadable images name the file (or are
 train sampler is deterministic per epoch so ``--resume`` continues with the same batches, and
 checkpoints are written atomically.
 """
+import contextlib
 import logging
 import os
 
@@ -62,7 +63,7 @@ class Trainer(DefaultTrainer):
         try:
             super().__init__(cfg)
         except BaseException:  # the train loader's prefetch thread may already run: stop it,
-            stop_loader_of(self)  # or the interpreter aborts at exit (SIGABRT, rc 134)
+            reliability.stop_train_stream(self)  # or the interpreter aborts at exit (rc 134)
             raise
         self._before_train_results = None
         # fast-reid sets this in default_setup only; a Trainer built without it honours it too
@@ -185,17 +186,8 @@ class Trainer(DefaultTrainer):
         if not resuming:
             return super().resume_or_load(resume=resume)
         path = ck.get_checkpoint_file()
-        load_model = ck._load_model
-
-        def _load_model(checkpoint):
-            check_resume_fits(checkpoint.get("model", {}), ck.model, path)
-            return load_model(checkpoint)
-
-        ck._load_model = _load_model
-        try:
+        with checked_loads(ck, lambda sd: check_resume_fits(sd, ck.model, path)):
             out = super().resume_or_load(resume=resume)
-        finally:
-            del ck._load_model
         check_optimizer_fits(self.optimizer, path)
         return out
 
@@ -226,9 +218,10 @@ class Trainer(DefaultTrainer):
 
 
 class TrainingHealth(hooks.HookBase):
-    """Every ``period`` iterations, one log line per branch on how well its pre-BN features
-    separate identities (``health/<branch>/*`` scalars put by the model's loss, averaged over
-    the period), and one warning per branch whose features are collapsing: mean cosine between
+    """Every ``period`` iterations, one log line per branch on how well the features its
+    triplet term sees (pre-BNNeck unless ``MODEL.GLTRANS.TRI_FEATURE after``) separate
+    identities (``health/<branch>/*`` scalars put by the model's loss, averaged over the
+    period), and one warning per branch whose features are collapsing: mean cosine between
     different identities above ``MAX_COS_NEG`` or relative gap below ``MIN_REL_GAP`` for
     ``PATIENCE`` periods in a row.  Models that put no ``health/`` scalars log nothing."""
 
@@ -279,12 +272,6 @@ class TrainingHealth(hooks.HookBase):
                 )
 
 
-def stop_loader_of(trainer):
-    """Stop the prefetch thread of a trainer whose construction failed, if it got that far."""
-    if getattr(trainer, "_trainer", None) is not None:
-        reliability.stop_train_stream(trainer)
-
-
 def fill_num_cameras(cfg):
     """MODEL.BACKBONE.NUM_CAMERAS = 0 means 'from the training data': max camera index + 1."""
     if cfg.MODEL.BACKBONE.get("NUM_CAMERAS", 1) > 0:
@@ -328,16 +315,27 @@ def load_eval_weights(cfg, model):
 
     path = cfg.MODEL.WEIGHTS
     ck = Checkpointer(model)
-    load_model = ck._load_model
+    with checked_loads(ck, lambda sd: check_eval_fits(
+            sd, model, path, allow_missing=cfg.TEST.ALLOW_MISSING_KEYS)):
+        ck.load(path)
+    return model
+
+
+@contextlib.contextmanager
+def checked_loads(checkpointer, check):
+    """Within the block, ``check(model_state_dict)`` runs on every checkpoint ``checkpointer``
+    loads, before fast-reid's own (non-strict) ``_load_model`` applies it."""
+    load_model = checkpointer._load_model
 
     def _load_model(checkpoint):
-        check_eval_fits(checkpoint.get("model", {}), ck.model, path,
-                        allow_missing=cfg.TEST.ALLOW_MISSING_KEYS)
+        check(checkpoint.get("model", {}))
         return load_model(checkpoint)
 
-    ck._load_model = _load_model
-    ck.load(path)
-    return model
+    checkpointer._load_model = _load_model
+    try:
+        yield checkpointer
+    finally:
+        del checkpointer._load_model  # back to the class's method
 
 
 def warmup_iters(cfg, iters_per_epoch):

@@ -419,8 +419,11 @@ def _shutdown(loader):
 
 def stop_train_stream(trainer):
     """Stop the train loader's prefetch thread (fast-reid leaves it running after training; a
-    daemon thread still inside torch when the interpreter exits aborts the process)."""
-    _shutdown(trainer._trainer.data_loader)
+    daemon thread still inside torch when the interpreter exits aborts the process).  A trainer
+    whose construction failed before its loop (and so its thread) existed has nothing to stop."""
+    loop = getattr(trainer, "_trainer", None)
+    if loop is not None:
+        _shutdown(loop.data_loader)
 
 
 def restart_train_stream(trainer, start_epoch):
