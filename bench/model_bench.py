@@ -1,4 +1,4 @@
-"""Model benchmark: GLTrans vs fast-reid's ViT baseline, side by side (issue 5).
+"""Model benchmark: GLTrans vs fast-reid's ViT baseline, side by side.
 
 Contenders, at the same input size, batch and backbone size (stride-12 overlapping patches):
 

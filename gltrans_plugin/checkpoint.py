@@ -1,36 +1,57 @@
-"""Checkpoint files read with checks: what kind of file it is, whether it is complete, and
-whether it fits the model it is loaded into.
+"""Checkpoint files: the one place that reads them, writes them atomically, and checks that
+one fits the model it is loaded into.
 
-* ``torch_load(path, key=...)``: ``torch.load`` (weights-only unless opted out) that first
-  tells a torch checkpoint (zip archive or legacy pickle) from any other file, and a truncated
-  archive from a complete one, so each gets its own message naming the file and the config key
-  that pointed at it -- instead of torch's ``KeyError: 101`` for a text file starting with
-  ``h``, ``PytorchStreamReader failed reading zip archive`` for a truncated one, or the
-  "would run code" refusal for a file that is no pickle at all.
-* ``check_eval_fits``: evaluation of a checkpoint that lacks model weights (another
-  architecture) fails instead of evaluating random heads (opt-in ``TEST.ALLOW_MISSING_KEYS``).
+* ``load_file(path, key=...)``: the only ``torch.load`` of the package (weights-only; pickled
+  files need the one opt-in, env ``GLTRANS_ALLOW_PICKLE=1``).  It first tells a torch checkpoint
+  (zip archive or legacy pickle) from any other file, and a truncated archive from a complete
+  one, so each gets its own message naming the file and the config key that pointed at it --
+  instead of torch's ``KeyError: 101`` for a text file starting with ``h``,
+  ``PytorchStreamReader failed reading zip archive`` for a truncated one, or the "would run
+  code" refusal for a file that is no pickle at all.  ``safetensors=True`` also reads
+  ``*.safetensors`` files (pretrained weights).
+* ``unwrap_state_dict`` / ``read_state_dict`` / ``sizes_from_state_dict``: a fast-reid
+  checkpoint or bare state dict -> name -> tensor, and the class / camera counts it shows.
+* ``load_state_dict`` / ``check_eval_fits``: trained weights for evaluation or a tool; a
+  checkpoint that lacks model weights (another architecture) or has other shapes fails instead
+  of evaluating random heads (opt-in ``TEST.ALLOW_MISSING_KEYS``).
 * ``check_resume_fits`` / ``check_optimizer_fits``: ``--resume`` onto a checkpoint whose
   classifier or optimizer state does not fit the model (the number of identities changed)
   fails before the first step, with how to fine-tune instead.
+* ``atomic_open``: writes through a temporary file renamed over the target (fast-reid's
+  checkpointer is routed through it by ``compat.atomic_checkpoints``); a full disk is
+  ``errors.DiskFullError`` naming the file.
 
 Errors are ``CheckpointError`` (a ``ValueError``; ``errors.UserError``'s one-line form).
 """
+import contextlib
+import errno
+import glob
 import os
 import pickle
 import zipfile
+from collections.abc import Mapping
 
-from .errors import UserError
+from .errors import DiskFullError, UserError
 
 __all__ = [
+    "ALLOW_PICKLE_ENV",
     "CheckpointError",
     "PickledCheckpointError",
+    "AtomicPathManager",
+    "atomic_open",
     "check_eval_fits",
     "check_optimizer_fits",
     "check_resume_fits",
     "file_kind",
-    "torch_load",
+    "load_file",
+    "load_state_dict",
+    "read_state_dict",
+    "sizes_from_state_dict",
+    "unwrap_state_dict",
 ]
 
+# The one opt-in for checkpoints that hold pickled code (torch.load with weights_only=False).
+ALLOW_PICKLE_ENV = "GLTRANS_ALLOW_PICKLE"
 # buffers a checkpoint may lack without harm (set from the config)
 OPTIONAL_KEYS = ("pixel_mean", "pixel_std")
 
@@ -73,18 +94,49 @@ def _describe(path):
     return f"it starts with text {text[:20]!r}"
 
 
-def torch_load(path, *, key="", allow_pickle=False, opt_in="", safe_globals=()):
-    """``torch.load(path, map_location="cpu", weights_only=not allow_pickle)`` with checks.
+def pickle_allowed():
+    """True when env ``GLTRANS_ALLOW_PICKLE=1`` allows checkpoints with pickled code."""
+    return os.environ.get(ALLOW_PICKLE_ENV, "") == "1"
 
-    ``key``: the config key / option that named the file (for the messages); ``opt_in``: the
-    setting that allows pickled files (named in the refusal); ``safe_globals``: extra types
-    allowed by weights-only loading.  A missing file is ``FileNotFoundError``; everything else
-    that cannot be loaded is ``CheckpointError`` naming the file and the key.
+
+def _safe_globals():
+    # numpy scalars / arrays: fast-reid's checkpointer saves the best metric as a numpy scalar
+    import numpy as np
+
+    safe = [np.dtype, np.ndarray, np._core.multiarray.scalar, np._core.multiarray._reconstruct]
+    return safe + [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+
+
+def require_file(path, key="", fix=""):
+    """``FileNotFoundError`` naming ``path``, the key that named it and ``fix``."""
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} not found ({key or 'path'})."
+                                + (f" {fix}" if fix else ""))
+
+
+def load_file(path, *, key="", allow_pickle=None, safetensors=False, missing_fix=""):
+    """``torch.load`` of ``path`` to CPU, weights-only, with checks.
+
+    ``key``: the config key / option that named the file (for the messages);
+    ``allow_pickle``: None = env ``GLTRANS_ALLOW_PICKLE=1`` (the one opt-in, named in the
+    refusal); ``safetensors``: also read a ``*.safetensors`` file (a tensor dict);
+    ``missing_fix``: what to do about a missing file.  A missing file is
+    ``FileNotFoundError``; everything else that cannot be loaded is ``CheckpointError`` naming
+    the file and the key.
     """
     import torch
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} not found ({key or 'path'}).")
+    require_file(path, key, missing_fix)
+    if allow_pickle is None:
+        allow_pickle = pickle_allowed()
+    if safetensors and str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file as load_safetensors
+
+        try:
+            return load_safetensors(path, device="cpu")
+        except Exception as e:
+            raise CheckpointError(f"not a readable safetensors file ({e})", _where(path, key),
+                                  "give a complete .safetensors file or a torch checkpoint") from e
     kind = file_kind(path)
     if kind is None:
         raise CheckpointError(
@@ -103,10 +155,8 @@ def torch_load(path, *, key="", allow_pickle=False, opt_in="", safe_globals=()):
             "the file was cut short (an interrupted copy, download or save): copy it again or "
             "use another checkpoint (OUTPUT_DIR/model_*.pth)")
     try:
-        if allow_pickle:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        with torch.serialization.safe_globals(list(safe_globals)):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as e:
         if "weights only" in str(e).lower() or "weights_only" in str(e):
             first = next((ln.strip() for ln in str(e).splitlines()
@@ -115,9 +165,8 @@ def torch_load(path, *, key="", allow_pickle=False, opt_in="", safe_globals=()):
                 "the checkpoint holds pickled Python objects besides tensors: loading it would "
                 "run code from the file" + (f" ({first[:160]})" if first else ""),
                 _where(path, key),
-                f"if you trust the file, set {opt_in} (this runs code from the file); else "
-                f"re-save its state dict alone" if opt_in else
-                "re-save its state dict alone") from None
+                f"if you trust the file, set {ALLOW_PICKLE_ENV}=1 (this runs code from the "
+                f"file); else re-save its state dict alone") from None
         raise CheckpointError(f"the checkpoint cannot be unpickled ({str(e).splitlines()[0]})",
                               _where(path, key), "the file is damaged: use another "
                               "checkpoint") from e
@@ -127,6 +176,57 @@ def torch_load(path, *, key="", allow_pickle=False, opt_in="", safe_globals=()):
         raise CheckpointError(f"the checkpoint cannot be read ({type(e).__name__}: {msg[:200]})",
                               _where(path, key), "the file is damaged or truncated: copy it "
                               "again or use another checkpoint (OUTPUT_DIR/model_*.pth)") from e
+
+
+_WRAPPER_KEYS = ("model", "state_dict", "module", "model_state", "model_state_dict")
+
+
+def unwrap_state_dict(obj):
+    """Strip ``model`` / ``state_dict`` / ... wrappers and ``module.`` prefixes (pure)."""
+    import torch
+
+    for _ in range(4):
+        if not isinstance(obj, Mapping):
+            break
+        inner = next((obj[k] for k in _WRAPPER_KEYS
+                      if k in obj and isinstance(obj[k], Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping) or not any(torch.is_tensor(v) for v in obj.values()):
+        raise ValueError(
+            "the checkpoint holds no state dict (no mapping of names to tensors, also not under "
+            f"any of the keys {list(_WRAPPER_KEYS)}); give a ViT weight file "
+            "(MODEL.BACKBONE.PRETRAIN_PATH).")
+    out = {}
+    for k, v in obj.items():
+        if not torch.is_tensor(v):
+            continue
+        while k.startswith("module."):
+            k = k[len("module."):]
+        out[k] = v
+    return out
+
+
+def read_state_dict(path, key="--weights / MODEL.WEIGHTS"):
+    """A fast-reid checkpoint (``{"model": ...}``) or a bare state dict -> name -> tensor."""
+    return unwrap_state_dict(load_file(path, key=key))
+
+
+def sizes_from_state_dict(sd):
+    """{"NUM_CLASSES": C, "NUM_CAMERAS": T} as far as the checkpoint's shapes show them.
+
+    C: rows of a classifier (``heads.necks.<b>.classifier.weight`` for GLTrans,
+    ``heads.weight`` for fast-reid's EmbeddingHead); T: rows of ``backbone.sie_embed``.
+    """
+    out, sd = {}, _strip(sd)
+    for k, v in sd.items():
+        if k.startswith("heads.") and (k.endswith("classifier.weight") or k == "heads.weight"):
+            out["NUM_CLASSES"] = int(v.shape[0])
+            break
+    if "backbone.sie_embed" in sd:
+        out["NUM_CAMERAS"] = int(sd["backbone.sie_embed"].shape[0])
+    return out
 
 
 def _strip(sd):
@@ -168,6 +268,24 @@ def check_eval_fits(sd, model, path, *, key="MODEL.WEIGHTS", allow_missing=False
             f"random weights there", _where(path, key),
             "give the config it was trained with (its OUTPUT_DIR/config.yaml), or set "
             "TEST.ALLOW_MISSING_KEYS True to evaluate anyway")
+    return missing
+
+
+def load_state_dict(model, sd, path="checkpoint", key="MODEL.WEIGHTS", allow_missing=False):
+    """Load trained weights ``sd`` into ``model`` for use (evaluation, tools): every weight of
+    the model must be there with its shape (``check_eval_fits``; missing ones only with
+    ``allow_missing``, ``TEST.ALLOW_MISSING_KEYS``); keys the model does not have (a
+    distiller's teacher, say) are logged and ignored.  Returns the missing keys."""
+    import logging
+
+    sd = _strip(sd)
+    missing = check_eval_fits(sd, model, path, key=key, allow_missing=allow_missing)
+    target = model.state_dict()
+    unexpected = [k for k in sd if k not in target]
+    if unexpected:
+        logging.getLogger(__name__).warning(
+            "%s: %d key(s) not in the model, ignored: %s", path, len(unexpected), _few(unexpected))
+    model.load_state_dict({k: v for k, v in sd.items() if k in target}, strict=False)
     return missing
 
 
@@ -219,3 +337,74 @@ def check_optimizer_fits(optimizer, path):
                         "resume with the data and config of the run that wrote it; to "
                         "fine-tune, start a new run with MODEL.WEIGHTS <checkpoint> without "
                         "--resume")
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode="wb"):
+    """Open ``path`` for writing through a temporary file in the same folder.
+
+    On a clean exit the data is flushed, fsync'ed and renamed over ``path`` (atomic on POSIX and
+    Windows); on an exception the temporary file is removed and ``path`` is untouched.  A kill in
+    between leaves ``path`` as it was plus a stray ``.<name>.tmp-<pid>`` file, removed by the next
+    write of the same ``path``.
+    """
+    folder, base = os.path.split(os.path.abspath(path))
+    for stale in glob.glob(os.path.join(folder, f".{glob.escape(base)}.tmp-*")):
+        with contextlib.suppress(OSError):
+            os.remove(stale)
+    tmp = os.path.join(folder, f".{base}.tmp-{os.getpid()}")
+    f = open(tmp, mode)
+    try:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            f.close()
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if _is_disk_full(e):  # torch reports it as "[enforce fail at inline_container.cc]"
+            raise DiskFullError(path) from e
+        raise
+    _fsync_dir(folder)
+
+
+def _is_disk_full(exc):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _fsync_dir(folder):
+    # make the rename itself durable (no-op where directories cannot be opened, e.g. Windows)
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class AtomicPathManager:
+    """fastreid's PathManager with local writes going through ``atomic_open``."""
+
+    def __init__(self, path_manager):
+        self._pm = path_manager
+
+    def open(self, path, mode="r", **kwargs):
+        if any(c in mode for c in "wax") and "://" not in str(path):
+            return atomic_open(path, mode)
+        return self._pm.open(path, mode, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._pm, name)

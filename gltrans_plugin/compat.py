@@ -1,10 +1,14 @@
-"""Make PyPI's fastreid 1.4.0 run on today's stack (Python 3.11, torch 2.x, numpy 2, Pillow 11+).
+"""Every runtime patch of PyPI's fastreid 1.4.0: it runs on today's stack (Python 3.11, torch 2.x,
+numpy 2, Pillow 11+) and its runs fail clearly instead of hanging or corrupting files.
 
 ``import gltrans_plugin`` runs this module before anything imports fastreid: the import-time
 shims first, then ``apply()`` patches fastreid's modules in memory.  Each fix is one small block
-whose comment names the fastreid file and the failure it removes; ``APPLIED`` lists the fixes by
-name and ``tests/test_compat.py`` has a test for each that fails without it.  Nothing in
-site-packages is edited and no fastreid code is copied: every patch wraps or replaces one call.
+registered with ``@_fix``, whose comment names the fastreid file and the failure it removes;
+``APPLIED`` lists the fixes by name, env ``GLTRANS_COMPAT_SKIP=name,...`` skips some, and
+``tests/test_compat.py`` has a test for each that fails without it.  Two fixes live beside the
+code they use and register with ``compat.fix``: ``images_read_as_rgb`` (``data/images.py``) and
+``reader_names_checked`` (``data/datasets.py``).  Nothing in site-packages is edited and no
+fastreid code is copied: every patch wraps or replaces one call.
 """
 import collections
 import collections.abc
@@ -19,13 +23,18 @@ logger = logging.getLogger(__name__)
 APPLIED = []  # names of the fixes applied, in order
 
 
+_FIXES = []
+
+
 def _fix(fn):
-    """Register a fix; ``apply()`` runs each once."""
+    """Register a fix of fastreid (a function that patches it in memory, named after what it
+    makes work); ``apply()`` runs each once, unless named in env ``GLTRANS_COMPAT_SKIP``.
+    The plugin's data modules register theirs with it too (``compat.fix``)."""
     _FIXES.append(fn)
     return fn
 
 
-_FIXES = []
+fix = _fix  # public name, for fixes that live beside the code they use (data/)
 
 
 # --------------------------------------------------------------------------- import-time shims
@@ -402,7 +411,7 @@ def _launch_device(args):
     if not hasattr(ns, "opts"):
         return None
     try:
-        from .engine import setup_cfg
+        from .config import setup_cfg
 
         return str(setup_cfg(getattr(ns, "config_file", ""), list(ns.opts or [])).MODEL.DEVICE)
     except Exception:  # noqa: BLE001  (reported by the worker's setup, with its message)
@@ -451,37 +460,20 @@ def launch_gloo_on_cpu():
 
 @_fix
 def checkpoint_weights_only():
-    # fastreid/utils/checkpoint.py: Checkpointer._load_file is a bare torch.load(); since
+    # fastreid/utils/checkpoint.py: Checkpointer._load_file is a bare torch.load call; since
     # torch 2.6 it defaults to weights_only=True and refuses fastreid's own checkpoints, which
-    # hold numpy scalars (the metric saved by PeriodicCheckpointer).  Load with
-    # weights_only=True and numpy scalars allowed; legacy pickles need GLTRANS_ALLOW_PICKLE=1.
+    # hold numpy scalars (the metric saved by PeriodicCheckpointer).  Load through
+    # checkpoint.load_file: weights-only with numpy scalars allowed, legacy pickles need
+    # GLTRANS_ALLOW_PICKLE=1, a damaged file is named with the key that pointed at it.
     from fastreid.utils import checkpoint
+
+    from .checkpoint import load_file
 
     def _load_file(self, f):
         # the key that named the file, for the messages (Trainer.resume_or_load sets it)
-        return safe_torch_load(f, key=getattr(self, "source_key", "MODEL.WEIGHTS"))
+        return load_file(f, key=getattr(self, "source_key", "MODEL.WEIGHTS"))
 
     checkpoint.Checkpointer._load_file = _load_file
-
-
-def safe_torch_load(path, allow_pickle=None, key="MODEL.WEIGHTS"):
-    """``torch.load(path, weights_only=True)`` with numpy scalars/arrays allowed.
-
-    A file that needs arbitrary unpickling is refused with a message naming the opt-in
-    (``allow_pickle=True`` or env ``GLTRANS_ALLOW_PICKLE=1``), which runs code from the file;
-    a file that is not a torch checkpoint, or a truncated one, gets its own message naming the
-    file and ``key`` (``checkpoint.torch_load``).
-    """
-    import numpy as np
-
-    from .checkpoint import torch_load
-
-    if allow_pickle is None:
-        allow_pickle = os.environ.get("GLTRANS_ALLOW_PICKLE", "") == "1"
-    safe = [np.dtype, np.ndarray, np._core.multiarray.scalar, np._core.multiarray._reconstruct]
-    safe += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
-    return torch_load(path, key=key, allow_pickle=allow_pickle, opt_in="GLTRANS_ALLOW_PICKLE=1",
-                      safe_globals=safe)
 
 
 @_fix
@@ -500,12 +492,108 @@ def resume_finished_run():
     train_loop.TrainerBase.train = train
 
 
+@_fix
+def atomic_checkpoints():
+    # fastreid/utils/checkpoint.py writes model_*.pth and last_checkpoint in place
+    # (PathManager.open(path, "wb")); a kill during the write leaves a truncated file, and
+    # model_best / model_final are overwritten in place.  Every write of the checkpointer now
+    # goes through checkpoint.atomic_open (a temporary file, fsync'ed and renamed over the
+    # target), so a file is either the old one or the complete new one, and last_checkpoint
+    # (written after the checkpoint) never names a partial file.
+    from fastreid.utils import checkpoint
+
+    from .checkpoint import AtomicPathManager
+
+    # Checkpointer.save and tag_last_checkpoint write through this module-level name
+    checkpoint.PathManager = AtomicPathManager(checkpoint.PathManager)
+
+
+@_fix
+def nonfinite_loss_stops():
+    # fastreid/engine/train_loop.py: SimpleTrainer._write_metrics (called after backward, before
+    # optimizer.step) checks the losses on rank 0 only, after averaging, and prints the whole
+    # dict.  Now every rank checks its own losses first, the ranks agree (one all-reduce of a
+    # flag), and all stop together with NonFiniteLossError naming the iteration, the bad loss
+    # keys (one per branch) and the rank -- before the step, so the weights stay finite.
+    import torch
+    from fastreid.engine import train_loop
+    from fastreid.utils import comm
+
+    from .errors import NonFiniteLossError
+
+    original = train_loop.SimpleTrainer._write_metrics
+
+    def _write_metrics(self, loss_dict, data_time, *args, **kwargs):
+        bad = {k: float(v.detach().float().cpu()) for k, v in loss_dict.items()
+               if not bool(torch.isfinite(v.detach()).all())}
+        if comm.get_world_size() > 1:  # all ranks stop together (no rank left in a collective)
+            import torch.distributed as dist
+
+            device = next(iter(loss_dict.values())).device
+            flag = torch.tensor([1.0 if bad else 0.0], device=device)
+            dist.all_reduce(flag)
+            if flag.item() > 0:
+                per_rank = comm.all_gather(bad)
+                bad = {f"{k} (rank {r})": v for r, d in enumerate(per_rank) for k, v in d.items()}
+        if bad:
+            terms = ", ".join(f"{k}={v}" for k, v in bad.items())
+            finite = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in loss_dict.items()
+                               if not any(key.split(" (rank")[0] == k for key in bad))
+            raise NonFiniteLossError(
+                f"Loss became NaN or infinite at iteration {getattr(self, 'iter', '?')}: {terms}"
+                + (f" (finite: {finite})" if finite else "") + ". Training stopped before the "
+                "optimizer step, so the weights are still finite. --resume would restore the "
+                "checkpoint's learning-rate schedule and diverge again: instead start a new run "
+                "from the last checkpoint, MODEL.WEIGHTS <OUTPUT_DIR>/<the file last_checkpoint "
+                "names> without --resume and with another OUTPUT_DIR, with a lower "
+                "SOLVER.BASE_LR or a longer warm-up (SOLVER.WARMUP_EPOCHS); or check the inputs "
+                "of that branch."
+            )
+        return original(self, loss_dict, data_time, *args, **kwargs)
+
+    train_loop.SimpleTrainer._write_metrics = _write_metrics
+
+
+class _LoaderError:
+    def __init__(self, exc):
+        self.exc = exc
+
+
+@_fix
+def loader_errors_propagate():
+    # fastreid/data/data_utils.py: BackgroundGenerator runs the data loader in a thread; an
+    # exception there (an unreadable image, a bad transform) ends the thread and the training
+    # loop waits forever on its queue.  The exception is now handed to the training loop and
+    # raised there.
+    from fastreid.data import data_utils
+
+    BG = data_utils.BackgroundGenerator
+    orig_run = BG.run
+
+    def run(self):
+        try:
+            orig_run(self)
+        except BaseException as e:  # hand it to the consumer instead of dying silently
+            self.queue.put(_LoaderError(e))
+
+    def next(self):
+        item = self.queue.get()
+        if isinstance(item, _LoaderError):
+            self.queue.put(item)  # every later call raises too
+            raise item.exc
+        if item is None:
+            raise StopIteration
+        return item
+
+    BG.run, BG.next = run, next
+
+
 def apply():
     """Apply every fix once (idempotent). Called by ``import gltrans_plugin``."""
     require_fastreid()
     skip = set(filter(None, os.environ.get("GLTRANS_COMPAT_SKIP", "").split(",")))  # debugging
-    for fix in _FIXES:
-        if fix.__name__ not in APPLIED and fix.__name__ not in skip:
-            fix()
-            APPLIED.append(fix.__name__)
+    for f in _FIXES:
+        if f.__name__ not in APPLIED and f.__name__ not in skip:
+            f()
+            APPLIED.append(f.__name__)
     return list(APPLIED)

@@ -1,9 +1,31 @@
-"""Every config key this plugin adds to fast-reid's defaults, with its default and meaning.
+"""The config: every key this plugin adds to fast-reid's defaults, and reading a yaml + options.
 
-``add_gltrans_config(cfg)`` is the one place new keys are declared; configs under ``configs/``
-only set values.  Call it on ``fastreid.config.get_cfg()`` before merging a GLTrans yaml.
+``add_gltrans_config(cfg)`` is the one place new keys and their defaults are declared; configs
+under ``configs/`` only set values.  ``merge_config`` merges a yaml and command-line options with a
+one-line error naming an unknown key; ``setup_cfg`` is fast-reid's ``get_cfg`` + both.
 """
+import difflib
+import logging
+import os
+import re
+
 from fastreid.config import CfgNode as CN
+
+from .errors import ConfigKeyError
+
+logger = logging.getLogger(__name__)
+
+
+# DATASETS.SYNTHETIC.*: the built-in synthetic set's sizes (also the generator's defaults).
+SYNTHETIC_DEFAULTS = dict(
+    NUM_TRAIN_IDS=48,     # identities in bounding_box_train
+    NUM_TEST_IDS=48,      # identities in query / bounding_box_test
+    NUM_CAMERAS=4,        # cameras (<= 6: Market-1501 naming)
+    IMAGES_PER_ID_CAM=3,  # images per identity per camera
+    HEIGHT=128,           # generated image height (pixels)
+    WIDTH=64,             # generated image width (pixels)
+    SEED=0,               # generator seed; same seed -> same files
+)
 
 
 def add_gltrans_config(cfg):
@@ -16,21 +38,14 @@ def add_gltrans_config(cfg):
     # Dataset root. Empty: fast-reid's own rule (env FASTREID_DATASETS, else "datasets").
     _C.DATASETS.ROOT = ""
     # Built-in synthetic Re-ID set (dataset name "SyntheticReID"), generated on first use.
-    _C.DATASETS.SYNTHETIC = CN()
-    _C.DATASETS.SYNTHETIC.NUM_TRAIN_IDS = 48     # identities in bounding_box_train
-    _C.DATASETS.SYNTHETIC.NUM_TEST_IDS = 48      # identities in query / bounding_box_test
-    _C.DATASETS.SYNTHETIC.NUM_CAMERAS = 4        # cameras (<= 6: Market-1501 naming)
-    _C.DATASETS.SYNTHETIC.IMAGES_PER_ID_CAM = 3  # images per identity per camera
-    _C.DATASETS.SYNTHETIC.HEIGHT = 128           # generated image height (pixels)
-    _C.DATASETS.SYNTHETIC.WIDTH = 64             # generated image width (pixels)
-    _C.DATASETS.SYNTHETIC.SEED = 0               # generator seed; same seed -> same files
+    _C.DATASETS.SYNTHETIC = CN(dict(SYNTHETIC_DEFAULTS))  # sizes: see SYNTHETIC_DEFAULTS
     # A corrupt / unreadable image: False -> error naming the file; True -> skip it with a warning.
     _C.DATALOADER.SKIP_CORRUPT = False
     # Per-epoch seeded training sampler (SEED + epoch): a resumed run sees the same batches.
     _C.DATALOADER.EPOCH_SAMPLER = True
 
     # ------------------------------------------------------------------ model
-    # (GLTrans architecture keys; see SPEC.md and README "Config switches".)
+    # (GLTrans architecture keys; README "Config switches" says which paper table each serves.)
     # Backbone (BACKBONE.NAME "build_gltrans_backbone"). fast-reid's own keys are reused:
     # DEPTH ("tiny" | "small" | "base"), STRIDE_SIZE, SIE_COE, DROP_PATH_RATIO, DROP_RATIO,
     # ATT_DROP_RATE, PRETRAIN, PRETRAIN_PATH, FEAT_DIM (set from DEPTH when 0 / wrong).
@@ -40,8 +55,8 @@ def add_gltrans_config(cfg):
     _C.MODEL.BACKBONE.NUM_CAMERAS = 0      # SIE table size; 0 = number of cameras in the data
     _C.MODEL.BACKBONE.NUM_VIEWS = 0        # viewpoint table size; 0 = from the data
     _C.MODEL.BACKBONE.PRETRAIN_FORMAT = "auto"  # "auto" | "timm" | "deit" | "transreid"
-    # Opt-in for legacy pickled checkpoints (torch.load(weights_only=False)): runs code from
-    # the file, so only for files you trust.
+    # Deprecated (removed in the next release): the opt-in for pickled checkpoints is env
+    # GLTRANS_ALLOW_PICKLE=1, for every file the plugin reads.  True still allows it (a warning).
     _C.MODEL.BACKBONE.ALLOW_PICKLE = False
     _C.MODEL.BACKBONE.GRAD_CHECKPOINT = False  # activation checkpointing of backbone blocks
 
@@ -87,7 +102,7 @@ def add_gltrans_config(cfg):
     # Init of the GAE / PTF-mask / GMA / PTL Linear layers, biases zero. The paper is silent:
     # "kaiming_fan_out" (released code: kaiming-normal, fan-out, a=0) | "trunc_normal" (ViT, 0.02)
     _C.MODEL.GLTRANS.LINEAR_INIT = "kaiming_fan_out"
-    # Branches and losses (SPEC section 4).  Branch names: global, local, cls<layer> (1-based).
+    # Branches and losses (paper eq. 14-16).  Branch names: global, local, cls<layer> (1-based).
     _C.MODEL.GLTRANS.BRANCHES = ("global", "local", "cls")  # "cls" = one branch per AGG layer
     _C.MODEL.GLTRANS.CE_WEIGHT = 1.0           # weight of the mean CE over branches
     _C.MODEL.GLTRANS.TRI_WEIGHT = 1.0          # weight of the mean triplet over branches
@@ -113,8 +128,9 @@ def add_gltrans_config(cfg):
     _C.TEST.ALLOW_MISSING_KEYS = False
 
     # ------------------------------------------------------------------ engine / test
-    # Evaluator used by gltrans_plugin.engine.Trainer: "fast" (chunked, ours) or "fastreid".
-    _C.TEST.EVALUATOR = "fast"
+    # Evaluator used by gltrans_plugin.engine.Trainer: "chunked" (ours, ChunkedReidEvaluator) or
+    # "fastreid" (fast-reid's ReidEvaluator).  "fast", its old name, works with a warning.
+    _C.TEST.EVALUATOR = "chunked"
     # Queries per ranking chunk of our evaluator; memory ~ CHUNK_SIZE x gallery x 4 bytes
     # (+ ~tens of MB).
     _C.TEST.CHUNK_SIZE = 1024
@@ -142,4 +158,67 @@ def add_gltrans_config(cfg):
     _C.SOLVER.HEALTH.PATIENCE = 3
     # Random seed for the run (< 0: fast-reid's time-based seed).
     _C.SEED = -1
+    return cfg
+
+
+_MISSING_KEY = re.compile(r"Non-existent (?:config )?key: ([^\s'\"]+)")
+
+
+def _all_keys(cfg, prefix=""):
+    out = []
+    for k, v in cfg.items():
+        full = f"{prefix}{k}"
+        out.extend(_all_keys(v, full + ".") if isinstance(v, dict) else [full])
+    return out
+
+
+def _unknown_key_error(cfg, err, where):
+    m = _MISSING_KEY.search(str(err))
+    if not m:
+        return None
+    key = m.group(1)
+    close = difflib.get_close_matches(key, _all_keys(cfg), n=2, cutoff=0.9)
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    return ConfigKeyError(
+        f"Unknown config key {key} in {where}.{hint} Keys are defined by fast-reid "
+        f"(fastreid/config/defaults.py) and gltrans_plugin/config.py (add_gltrans_config)."
+    )
+
+
+def merge_config(cfg, config_file="", opts=()):
+    """``cfg.merge_from_file`` + ``merge_from_list`` with a one-line error for an unknown key."""
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"Config file not found: {config_file}")
+        try:
+            cfg.merge_from_file(config_file)
+        except KeyError as e:
+            err = _unknown_key_error(cfg, e, f"config file {config_file} (or a _BASE_ it "
+                                             f"includes)")
+            if err is None:
+                raise
+            raise err from None
+    try:
+        cfg.merge_from_list(list(opts or []))
+    except (KeyError, AssertionError) as e:
+        err = _unknown_key_error(cfg, e, "the command-line options")
+        if err is None and isinstance(e, AssertionError):  # yacs: odd length, a fixed key
+            raise ValueError(f"Command-line options {list(opts or [])}: {e}. Give them as "
+                             f"KEY VALUE pairs after the flags.") from None
+        if err is None:
+            raise
+        raise err from None
+    return cfg
+
+
+def setup_cfg(config_file="", opts=()):
+    """fast-reid's get_cfg + our keys + a yaml + command-line opts, with device auto-selection."""
+    import torch
+    from fastreid.config import get_cfg
+
+    cfg = get_cfg()
+    add_gltrans_config(cfg)
+    merge_config(cfg, config_file, opts)  # an unknown key: ConfigKeyError naming it and the file
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
     return cfg

@@ -1,22 +1,24 @@
-"""fast-reid's DefaultTrainer with the plugin's choices: datasets built from the config (root,
-synthetic sizes, consistent camera ids), the optimizer without ContiguousParams, epoch-based
-warm-up, a configurable log period, our evaluator, and an optional evaluation before training.
+"""Config + data + checkpoint -> a trained or loaded model: fast-reid's DefaultTrainer with the
+plugin's choices, and ``load_model`` for everything that uses a trained checkpoint.
 
-No training loop of our own: everything runs through ``fastreid.engine.DefaultTrainer``.
-Reliability (``reliability.py``): config typos and impossible settings fail before data loading,
-data problems before the model is built, unreadable images name the file (or are skipped), the
-train sampler is deterministic per epoch so ``--resume`` continues with the same batches, and
-checkpoints are written atomically.
+``Trainer``: datasets built from the config (root, synthetic sizes, consistent camera ids, one
+listing per start-up), set-up checks (``checks.py``) before data loading and before the model is
+built, unreadable images named (or skipped), a train sampler deterministic per epoch so
+``--resume`` continues with the same batches, the optimizer without ContiguousParams,
+epoch-based warm-up, a configurable log period, training health, our evaluator, and an optional
+evaluation before training.  No training loop of our own: everything runs through
+``fastreid.engine.DefaultTrainer``.
+
+``cfg_for_checkpoint`` / ``load_model`` / ``model_arg_parser``: the one path from a config file
+and a checkpoint to a model, shared by ``projects/train_net.py --eval-only`` and every tool.
 """
 import contextlib
 import logging
 import os
 
 import torch
-from fastreid.config import get_cfg
 from fastreid.data import build_reid_test_loader, build_reid_train_loader
 from fastreid.data.build import _train_loader_from_config
-from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.transforms import build_transforms
 from fastreid.engine import DefaultTrainer, default_setup, hooks
 from fastreid.evaluation import ReidEvaluator
@@ -25,31 +27,26 @@ from fastreid.utils import comm
 from fastreid.utils.env import seed_all_rng
 from fastreid.utils.logger import setup_logger
 
-from . import reliability
+from .checkpoint import atomic_open, load_file, load_state_dict, sizes_from_state_dict, \
+    unwrap_state_dict
+from .checks import check_data, check_identities, check_test_set, validate_config
 from .compat import set_data_device
-from .config import add_gltrans_config
-from .data import camera_index, check_dataset_root, synthetic_kwargs
+from .config import setup_cfg
+from .data import build_dataset, camera_index, clear_dataset_cache
+from .data.common import RobustCommDataset
 from .data.datasets import check_train_set
+from .data.samplers import EpochSampler, wrap_sampler
 from .distributed import broadcast_buffers
-from .reliability import RobustCommDataset, check_data, merge_config, validate_config
 
 logger = logging.getLogger(__name__)
 
-reliability.install()  # atomic checkpoints, NaN-loss stop, loader errors raised (see there)
+__all__ = ["Trainer", "TrainingHealth", "build_trained_model", "cfg_for_checkpoint",
+           "default_setup_gltrans", "load_cfg", "load_eval_weights", "load_model",
+           "model_arg_parser",
+           "resolve_device", "setup_cfg", "write_results"]
 
-
-def dataset_root(cfg):
-    """The dataset root: DATASETS.ROOT, else env FASTREID_DATASETS, else "datasets"."""
-    return cfg.DATASETS.ROOT or os.getenv("FASTREID_DATASETS", "datasets")
-
-
-def build_dataset(cfg, name):
-    """Instantiate a registered dataset under the configured root; an unknown name or a missing
-    folder fails here, before training, with the expected layout in the message."""
-    root = dataset_root(cfg)
-    check_dataset_root(name, root)
-    kwargs = synthetic_kwargs(cfg) if name == "SyntheticReID" else {}
-    return DATASET_REGISTRY.get(name)(root=root, combineall=False, **kwargs)
+# TEST.EVALUATOR values -> the evaluator; "fast" is the old name of "chunked"
+_DEPRECATED_EVALUATORS = {"fast": "chunked"}
 
 
 class Trainer(DefaultTrainer):
@@ -57,13 +54,14 @@ class Trainer(DefaultTrainer):
 
     def __init__(self, cfg):
         validate_config(cfg)  # impossible settings fail here, before any data is read
-        dtype = cfg.SOLVER.AMP.get("DTYPE", "auto")
+        clear_dataset_cache()  # this start-up lists every dataset once (data/build.py)
+        dtype = cfg.SOLVER.AMP.DTYPE
         if dtype not in ("auto", "bf16", "fp16"):
             raise ValueError(f"SOLVER.AMP.DTYPE={dtype!r}: use 'auto', 'bf16' or 'fp16'.")
         try:
             super().__init__(cfg)
         except BaseException:  # the train loader's prefetch thread may already run: stop it,
-            reliability.stop_train_stream(self)  # or the interpreter aborts at exit (rc 134)
+            self.stop_train_stream()  # or the interpreter aborts at exit (rc 134)
             raise
         self._before_train_results = None
         # fast-reid sets this in default_setup only; a Trainer built without it honours it too
@@ -87,15 +85,10 @@ class Trainer(DefaultTrainer):
                                       skip_corrupt=cfg.DATALOADER.SKIP_CORRUPT)
         # Same camera index in training as in test (see camera_index).
         train_set.cam_dict = {c: camera_index(c) for c in train_set.cams}
-        num_pids = cfg.SOLVER.IMS_PER_BATCH // max(1, cfg.DATALOADER.NUM_INSTANCE)
-        if "Identity" in cfg.DATALOADER.SAMPLER_TRAIN and len(train_set.pids) < num_pids:
-            raise ValueError(  # fast-reid's identity sampler would loop forever without a batch
-                f"The training set has {len(train_set.pids)} identities but a batch needs "
-                f"{num_pids} (SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} / "
-                f"DATALOADER.NUM_INSTANCE {cfg.DATALOADER.NUM_INSTANCE}): lower IMS_PER_BATCH.")
+        check_identities(cfg, train_set)  # else the identity sampler never completes a batch
         sampler = _train_loader_from_config(cfg, train_set=train_set)["sampler"]
-        # deterministic per epoch, so a resumed run sees the same batches (reliability.py)
-        sampler = reliability.wrap_sampler(cfg, sampler, len(train_set))
+        # deterministic per epoch, so a resumed run sees the same batches (data/samplers.py)
+        sampler = wrap_sampler(cfg, sampler, len(train_set))
         return build_reid_train_loader(cfg, train_set=train_set, sampler=sampler)
 
     @classmethod
@@ -104,9 +97,7 @@ class Trainer(DefaultTrainer):
         data = build_dataset(cfg, dataset_name)
         if comm.is_main_process():
             data.show_test()
-        if not data.query or not data.gallery:
-            raise ValueError(f"Dataset {dataset_name}: empty query ({len(data.query)}) or "
-                             f"gallery ({len(data.gallery)}); nothing to evaluate.")
+        check_test_set(dataset_name, data)
         test_set = RobustCommDataset(data.query + data.gallery,
                                      build_transforms(cfg, is_train=False), relabel=False,
                                      skip_corrupt=cfg.DATALOADER.SKIP_CORRUPT)
@@ -115,10 +106,19 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_dir=None):
         data_loader, num_query = cls.build_test_loader(cfg, dataset_name)
-        if cfg.TEST.EVALUATOR == "fast":
-            from .evaluation import FastReidEvaluator
+        name = cfg.TEST.EVALUATOR
+        if name in _DEPRECATED_EVALUATORS:
+            new = _DEPRECATED_EVALUATORS[name]
+            logger.warning(f"TEST.EVALUATOR {name!r} is deprecated and will be removed in the "
+                           f"next release: use {new!r}.")
+            name = new
+        if name == "chunked":
+            from .evaluation import ChunkedReidEvaluator
 
-            return data_loader, FastReidEvaluator(cfg, num_query, output_dir)
+            return data_loader, ChunkedReidEvaluator(cfg, num_query, output_dir)
+        if name != "fastreid":
+            raise ValueError(f"TEST.EVALUATOR {cfg.TEST.EVALUATOR!r}: use 'chunked' (ours) or "
+                             f"'fastreid' (fast-reid's ReidEvaluator).")
         return data_loader, ReidEvaluator(cfg, num_query, output_dir)
 
     @classmethod
@@ -143,7 +143,7 @@ class Trainer(DefaultTrainer):
     @staticmethod
     def auto_scale_hyperparams(cfg, num_classes):
         cfg = fill_num_cameras(cfg)
-        check_data(cfg, build_dataset)  # empty query / gallery, camera ids vs the SIE table
+        check_data(cfg)  # empty query / gallery, camera ids vs the SIE table
         if comm.is_main_process() and cfg.OUTPUT_DIR:  # fast-reid writes config.yaml there
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         cfg = DefaultTrainer.auto_scale_hyperparams(cfg, num_classes)
@@ -169,10 +169,10 @@ class Trainer(DefaultTrainer):
         try:
             out = self._checked_resume_or_load(resume)
         except BaseException:  # stop the prefetch thread before raising (no SIGABRT at exit)
-            reliability.stop_train_stream(self)
+            self.stop_train_stream()
             raise
         if resume and self.start_epoch > 0:
-            reliability.restart_train_stream(self, self.start_epoch)
+            self.restart_train_stream(self.start_epoch)
         return out
 
     def _checked_resume_or_load(self, resume):
@@ -194,8 +194,8 @@ class Trainer(DefaultTrainer):
     def train(self):
         try:
             return self._train()
-        finally:  # fast-reid leaves the prefetch thread running; stop it (reliability.py)
-            reliability.stop_train_stream(self)
+        finally:  # fast-reid leaves the prefetch thread running; stop it
+            self.stop_train_stream()
 
     def _train(self):
         if self.cfg.TEST.EVAL_BEFORE_TRAIN and self.start_epoch == 0:
@@ -215,6 +215,44 @@ class Trainer(DefaultTrainer):
             write_results(self.cfg.OUTPUT_DIR, results, self._before_train_results,
                           self.iter + 1)
         return results
+
+    # ------------------------------------------------------------------ train stream
+    def stop_train_stream(self):
+        """Stop the train loader's prefetch thread (fast-reid leaves it running after training;
+        a daemon thread still inside torch when the interpreter exits aborts the process).  A
+        trainer whose construction failed before its loop (and so its thread) existed has
+        nothing to stop."""
+        loop = getattr(self, "_trainer", None)
+        if loop is not None:
+            _shutdown(loop.data_loader)
+
+    def restart_train_stream(self, start_epoch):
+        """Point the running train loader at ``start_epoch`` of its ``EpochSampler``.
+
+        ``SimpleTrainer`` starts iterating the loader when it is built, before
+        ``resume_or_load`` knows the epoch: stop that prefetch thread and start a new iterator
+        at ``start_epoch``.  Returns True when the stream was moved.
+        """
+        inner = self._trainer
+        loader = inner.data_loader
+        sampler = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
+        if not isinstance(sampler, EpochSampler):
+            return False
+        sampler.start_epoch = int(start_epoch)
+        _shutdown(loader)
+        inner._data_loader_iter = iter(loader)
+        logger.info("Train sampler resumed at epoch %d (same batches as an uninterrupted run).",
+                    start_epoch)
+        return True
+
+
+def _shutdown(loader):
+    shutdown = getattr(loader, "_shutdown_background_thread", None)
+    if shutdown is not None and getattr(loader, "iter", None) is not None:
+        try:
+            shutdown()
+        except Exception:  # noqa: BLE001  (the stream is discarded anyway)
+            logger.debug("train-loader thread did not shut down cleanly", exc_info=True)
 
 
 class TrainingHealth(hooks.HookBase):
@@ -274,7 +312,7 @@ class TrainingHealth(hooks.HookBase):
 
 def fill_num_cameras(cfg):
     """MODEL.BACKBONE.NUM_CAMERAS = 0 means 'from the training data': max camera index + 1."""
-    if cfg.MODEL.BACKBONE.get("NUM_CAMERAS", 1) > 0:
+    if cfg.MODEL.BACKBONE.NUM_CAMERAS > 0:
         return cfg
     cams = {camera_index(c) for name in cfg.DATASETS.NAMES
             for _, _, c in build_dataset(cfg, name).train}
@@ -288,37 +326,57 @@ def fill_num_cameras(cfg):
     return cfg
 
 
-def fill_from_checkpoint(cfg, path):
-    """For evaluating a checkpoint with a leaf config: sizes left at 0 (MODEL.HEADS.NUM_CLASSES,
-    MODEL.BACKBONE.NUM_CAMERAS) are read from the checkpoint's classifier / SIE table, so the
-    model is built with the trained shapes; the camera table falls back to the training data."""
-    from .compat import safe_torch_load
-
-    sd = safe_torch_load(path).get("model", {})
+def cfg_for_checkpoint(cfg, path, *, key="MODEL.WEIGHTS", state_dict=None):
+    """``cfg`` (cloned, unfrozen) with the sizes a leaf config leaves to the trainer filled from
+    the checkpoint ``path``: MODEL.HEADS.NUM_CLASSES and MODEL.BACKBONE.NUM_CAMERAS (0 = "from
+    the data") from its classifier and SIE-table shapes, so the model is built with the trained
+    shapes.  Without a checkpoint, or where it shows no size, the classes default to 1 (an
+    untrained model for reports / export) and the camera table to the training data's.
+    ``state_dict``: the checkpoint's, when the caller has read it already."""
     cfg = cfg.clone()
     cfg.defrost()
+    if state_dict is None and path:
+        state_dict = unwrap_state_dict(load_file(path, key=key))
+    sizes = sizes_from_state_dict(state_dict) if state_dict is not None else {}
     if cfg.MODEL.HEADS.NUM_CLASSES <= 0:
-        cls = [v for k, v in sd.items() if k.endswith("classifier.weight") or k == "heads.weight"]
-        if cls:
-            cfg.MODEL.HEADS.NUM_CLASSES = int(cls[0].shape[0])
-    if cfg.MODEL.BACKBONE.get("NUM_CAMERAS", 1) <= 0 and "backbone.sie_embed" in sd:
-        cfg.MODEL.BACKBONE.NUM_CAMERAS = int(sd["backbone.sie_embed"].shape[0])
-    return fill_num_cameras(cfg)
+        cfg.MODEL.HEADS.NUM_CLASSES = sizes.get("NUM_CLASSES", 1)
+    bb = cfg.MODEL.BACKBONE
+    if bb.NUM_CAMERAS <= 0 and "NUM_CAMERAS" in sizes and not bb.SIE_VIEW:
+        bb.NUM_CAMERAS = sizes["NUM_CAMERAS"]
+    if bb.SIE_CAMERA and bb.NUM_CAMERAS <= 0:
+        cfg = fill_num_cameras(cfg)  # from the training data
+    return cfg
 
 
-def load_eval_weights(cfg, model):
-    """``cfg.MODEL.WEIGHTS`` into ``model`` for evaluation: a checkpoint that lacks model
-    weights (another architecture) fails unless ``TEST.ALLOW_MISSING_KEYS``."""
-    from fastreid.utils.checkpoint import Checkpointer
+def load_eval_weights(cfg, model, state_dict=None, key="MODEL.WEIGHTS"):
+    """``cfg.MODEL.WEIGHTS`` into ``model`` for evaluation or a tool: every model weight must be
+    in the checkpoint with its shape (a checkpoint of another architecture fails unless
+    ``TEST.ALLOW_MISSING_KEYS``; ``checkpoint.load_state_dict``)."""
+    path = cfg.MODEL.WEIGHTS
+    if state_dict is None:
+        state_dict = unwrap_state_dict(load_file(path, key=key))
+    load_state_dict(model, state_dict, path, key, allow_missing=cfg.TEST.ALLOW_MISSING_KEYS)
+    return model
 
-    from .checkpoint import check_eval_fits
+
+def build_trained_model(cfg, key="MODEL.WEIGHTS"):
+    """(cfg, model) for using the checkpoint ``cfg.MODEL.WEIGHTS``: sizes filled from it
+    (``cfg_for_checkpoint``), the ImageNet file never read (``MODEL.BACKBONE.PRETRAIN`` off: the
+    trained weights replace it), weights loaded by ``load_eval_weights``; no weights: the model
+    keeps its initialisation (model reports, export tests).  Model in eval mode on
+    ``cfg.MODEL.DEVICE``."""
+    from fastreid.modeling import build_model
 
     path = cfg.MODEL.WEIGHTS
-    ck = Checkpointer(model)
-    with checked_loads(ck, lambda sd: check_eval_fits(
-            sd, model, path, allow_missing=cfg.TEST.ALLOW_MISSING_KEYS)):
-        ck.load(path)
-    return model
+    sd = unwrap_state_dict(load_file(path, key=key)) if path else None
+    cfg = cfg_for_checkpoint(cfg, path, key=key, state_dict=sd)
+    cfg.MODEL.BACKBONE.PRETRAIN = False
+    model = build_model(cfg)
+    if sd is not None:
+        load_eval_weights(cfg, model, sd, key)
+        logger.info("Loaded %s", path)
+    model.to(cfg.MODEL.DEVICE).eval()
+    return cfg, model
 
 
 @contextlib.contextmanager
@@ -359,7 +417,7 @@ def write_results(output_dir, results, before=None, iteration=None):
                                     for k, v in d.items()}
 
     os.makedirs(output_dir, exist_ok=True)
-    with reliability.atomic_open(os.path.join(output_dir, RESULTS_FILE), "w") as f:
+    with atomic_open(os.path.join(output_dir, RESULTS_FILE), "w") as f:
         json.dump({"final": plain(results), "before": plain(before), "iteration": iteration},
                   f, indent=1)
 
@@ -376,16 +434,6 @@ def log_before_after(before, after):
     )
 
 
-def setup_cfg(config_file="", opts=()):
-    """fast-reid's get_cfg + our keys + a yaml + command-line opts, with device auto-selection."""
-    cfg = get_cfg()
-    add_gltrans_config(cfg)
-    merge_config(cfg, config_file, opts)  # an unknown key: ConfigKeyError naming it and the file
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    return cfg
-
-
 def default_setup_gltrans(cfg, args):
     """fast-reid's default_setup, plus seeding from cfg.SEED and a device log line."""
     default_setup(cfg, args)
@@ -397,3 +445,60 @@ def default_setup_gltrans(cfg, args):
     log = logging.getLogger("fastreid")
     if cfg.MODEL.DEVICE == "cpu":
         log.info("No GPU found (or MODEL.DEVICE cpu): running on CPU.")
+
+
+# ---------------------------------------------------------------------- trained models
+def _tool_cfg(config_file, opts, weights, device):
+    cfg = setup_cfg(config_file, list(opts))
+    cfg.defrost()
+    if weights:
+        cfg.MODEL.WEIGHTS = weights
+    cfg.MODEL.DEVICE = resolve_device(device)
+    return cfg
+
+
+def load_cfg(config_file, opts=(), weights=None, device="auto"):
+    """The config ``load_model`` builds its model from: the yaml + ``opts``, ``weights`` as
+    MODEL.WEIGHTS, the device resolved, sizes filled from the checkpoint, no ImageNet file."""
+    cfg = _tool_cfg(config_file, opts, weights, device)
+    cfg = cfg_for_checkpoint(cfg, cfg.MODEL.WEIGHTS, key="--weights / MODEL.WEIGHTS")
+    cfg.MODEL.BACKBONE.PRETRAIN = False
+    return cfg
+
+
+def load_model(config_file, weights=None, opts=(), device="auto"):
+    """(cfg, model in eval mode) from a yaml (a run's ``config.yaml`` or a leaf config) and a
+    trained checkpoint (``weights``, else ``MODEL.WEIGHTS``); any fast-reid model, GLTrans or
+    not (``build_trained_model``).  ``device``: "auto" (CUDA when present, else CPU), "cpu",
+    "cuda", "cuda:1" ...
+    """
+    cfg = _tool_cfg(config_file, opts, weights, device)
+    return build_trained_model(cfg, key="--weights / MODEL.WEIGHTS")
+
+
+def resolve_device(device="auto"):
+    """"auto" -> "cuda" when a GPU is present, else "cpu"; a CUDA device without CUDA fails
+    with the fix named."""
+    device = str(device or "auto")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA GPU is visible to torch here; use --device "
+                         f"cpu (or auto).")
+    return device
+
+
+def model_arg_parser(doc, config_help="the model's yaml (a run's OUTPUT_DIR/config.yaml or a "
+                                      "leaf config)",
+                     weights_help="trained checkpoint (else MODEL.WEIGHTS)"):
+    """The argument parser every model-facing tool starts from: its docstring as help text,
+    --config-file, --weights and --device."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.split("\n")[0], epilog=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", required=True, help=config_help)
+    p.add_argument("--weights", default="", help=weights_help)
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when present, else CPU) | cpu | cuda | cuda:N")
+    return p

@@ -62,6 +62,21 @@ class UserError(Exception):
         return self._line()
 
 
+class ConfigKeyError(KeyError, ValueError):
+    """A config key that does not exist (file or command line)."""
+
+    def __str__(self):  # KeyError's str() would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CorruptImageError(OSError):
+    """An image file that PIL cannot read (corrupt, truncated, not an image)."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or infinite; raised before the optimizer step."""
+
+
 class DiskFullError(UserError, OSError):
     """ENOSPC while writing ``path``; the file it would have replaced is intact."""
 
@@ -123,8 +138,6 @@ def format_error(exc):
         from torch.multiprocessing import ProcessExitedException
     except ImportError:  # pragma: no cover
         ProcessExitedException = ()
-    from .reliability import ConfigKeyError, CorruptImageError, NonFiniteLossError
-
     if isinstance(exc, ProcessExitedException) and exc.exit_code in (EXIT_USER, EXIT_INTERNAL):
         return None, exc.exit_code  # the worker printed its own line
     if isinstance(exc, ProcessExitedException):

@@ -18,7 +18,7 @@ import gltrans_plugin  # noqa: E402,F401  (compat fixes + registrations)
 from fastreid.engine import default_argument_parser  # noqa: E402
 from gltrans_plugin.distributed import launch  # noqa: E402
 from gltrans_plugin.engine import (  # noqa: E402
-    Trainer, default_setup_gltrans, fill_from_checkpoint, load_eval_weights, setup_cfg)
+    Trainer, build_trained_model, default_setup_gltrans, setup_cfg)
 from gltrans_plugin.errors import guarded, run_main, set_log_dir  # noqa: E402
 
 
@@ -39,11 +39,8 @@ def main(args):
         if not os.path.isfile(cfg.MODEL.WEIGHTS):
             raise FileNotFoundError(f"--eval-only needs MODEL.WEIGHTS, a trained checkpoint file; "
                                     f"{cfg.MODEL.WEIGHTS!r} does not exist.")
-        cfg = fill_from_checkpoint(cfg, cfg.MODEL.WEIGHTS)  # trained classifier / SIE sizes
-        cfg.defrost()
-        cfg.MODEL.BACKBONE.PRETRAIN = False
-        model = Trainer.build_model(cfg)
-        load_eval_weights(cfg, model)  # a checkpoint of another architecture fails here
+        # sizes from the checkpoint; one of another architecture fails here
+        cfg, model = build_trained_model(cfg)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

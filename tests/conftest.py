@@ -60,7 +60,7 @@ def tiny_market(tmp_path_factory):
 
 def resnet_cfg(root, output_dir, **overrides):
     """A small fast-reid Baseline (ResNet-18) config on the tiny Market-1501 layout."""
-    from gltrans_plugin.engine import setup_cfg
+    from gltrans_plugin.config import setup_cfg
 
     opts = {
         "MODEL.META_ARCHITECTURE": "Baseline",
@@ -89,7 +89,7 @@ DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 
 def gltrans_small_cfg(root, output_dir, **overrides):
     """The shipped synthetic demo config, shrunk: 64x32 images, a small synthetic set."""
-    from gltrans_plugin.engine import setup_cfg
+    from gltrans_plugin.config import setup_cfg
 
     opts = {
         "DATASETS.ROOT": root, "OUTPUT_DIR": output_dir,

@@ -1,4 +1,4 @@
-"""GLTrans ViT backbone: grid sizes, outputs, gradients, SIE, config errors (SPEC.md section 1)."""
+"""GLTrans ViT backbone: grid sizes, outputs, gradients, SIE, config errors."""
 import pytest
 import torch
 from fastreid.config import get_cfg

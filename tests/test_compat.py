@@ -27,7 +27,103 @@ def test_every_fix_applied_once():
     if os.environ.get("GLTRANS_COMPAT_SKIP"):
         pytest.skip("a fix is deliberately skipped")
     assert compat.apply() == [f.__name__ for f in compat._FIXES]
-    assert len(set(compat.APPLIED)) == len(compat.APPLIED) == 15
+    assert len(set(compat.APPLIED)) == len(compat.APPLIED) == 20
+
+
+# The runtime fixes that make fast-reid's runs fail clearly (not hang, not corrupt files): each
+# snippet drives the fastreid path and prints FIXED or BROKEN; run once as is and once with the
+# fix skipped (GLTRANS_COMPAT_SKIP), which must break it.
+_RUNTIME_FIXES = {
+    "atomic_checkpoints": """
+import os, tempfile, torch
+from fastreid.utils.checkpoint import Checkpointer
+d = tempfile.mkdtemp(); ck = Checkpointer(torch.nn.Linear(2, 2), d); ck.save("m")
+before = open(os.path.join(d, "m.pth"), "rb").read()
+def killed(obj, f, *a, **k):  # a kill in the middle of the write
+    f.write(b"partial"); raise RuntimeError("killed")
+torch.save = killed
+try:
+    ck.save("m")
+except RuntimeError:
+    pass
+print("FIXED" if open(os.path.join(d, "m.pth"), "rb").read() == before else "BROKEN")
+""",
+    "nonfinite_loss_stops": """
+import torch
+from fastreid.engine.train_loop import SimpleTrainer
+from fastreid.utils.events import EventStorage
+from gltrans_plugin.errors import NonFiniteLossError
+t = SimpleTrainer.__new__(SimpleTrainer); t.iter = 3
+with EventStorage(0):
+    try:
+        t._write_metrics({"loss_cls": torch.tensor(float("nan")), "loss_tri": torch.tensor(1.0)},
+                         0.0)
+        print("BROKEN")
+    except NonFiniteLossError as e:
+        print("FIXED" if "loss_cls=nan" in str(e) and "iteration 3" in str(e) else "BROKEN")
+    except FloatingPointError:
+        print("BROKEN")
+""",
+    "loader_errors_propagate": """
+import threading
+from fastreid.data.data_utils import BackgroundGenerator
+def gen():
+    yield 1
+    raise OSError("bad image")
+out = []
+def consume():
+    try:
+        for _ in BackgroundGenerator(gen(), 0):
+            pass
+        out.append("BROKEN")
+    except OSError:
+        out.append("FIXED")
+th = threading.Thread(target=consume, daemon=True); th.start(); th.join(10)
+print(out[0] if out else "BROKEN")  # without the fix the consumer waits forever
+""",
+    "images_read_as_rgb": """
+import os, tempfile
+from PIL import Image
+from fastreid.data.data_utils import read_image
+p = os.path.join(tempfile.mkdtemp(), "a.png"); Image.new("RGBA", (4, 8), (9, 9, 9, 128)).save(p)
+print("FIXED" if read_image(p).mode == "RGB" else "BROKEN")
+""",
+    "reader_names_checked": """
+import os, tempfile
+from PIL import Image
+from fastreid.data.datasets.market1501 import Market1501
+from gltrans_plugin.data.datasets import DatasetError
+d = tempfile.mkdtemp(); Image.new("RGB", (4, 8)).save(os.path.join(d, "photo.jpg"))
+try:
+    Market1501.process_dir(Market1501.__new__(Market1501), d)
+    print("BROKEN")
+except DatasetError as e:
+    print("FIXED" if "photo.jpg" in str(e) else "BROKEN")
+except Exception:
+    print("BROKEN")
+""",
+}
+
+
+def test_runtime_fixes_are_registered_skippable_and_needed():
+    # one interpreter with every fix, one with these five skipped (two imports, not ten)
+    code = "import gltrans_plugin\n" + "".join(
+        f"print({name!r})\n" + snippet for name, snippet in sorted(_RUNTIME_FIXES.items()))
+
+    def run(skip):
+        env = {k: v for k, v in os.environ.items() if k != "GLTRANS_COMPAT_SKIP"}
+        if skip:
+            env["GLTRANS_COMPAT_SKIP"] = ",".join(_RUNTIME_FIXES)
+        r = subprocess.run([PY, "-c", code], cwd=REPO, capture_output=True, text=True,
+                           timeout=120, env=env)
+        lines = r.stdout.split()
+        return {n: lines[lines.index(n) + 1] if n in lines[:-1] else r.stderr[-500:]
+                for n in _RUNTIME_FIXES}
+
+    assert run(skip=False) == {n: "FIXED" for n in _RUNTIME_FIXES}
+    assert run(skip=True) == {n: "BROKEN" for n in _RUNTIME_FIXES}
+    assert set(_RUNTIME_FIXES) <= set(compat.APPLIED)
+
 
 
 def test_fastreid_imports_only_through_plugin():

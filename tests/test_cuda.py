@@ -176,12 +176,12 @@ def market_features(kind, dim=768, seed=0):
 
 
 def run_evaluator(device, feats, pids, cams, metric="cosine", batch=512):
-    from gltrans_plugin.evaluation import FastReidEvaluator
+    from gltrans_plugin.evaluation import ChunkedReidEvaluator
 
     cfg = add_gltrans_config(get_cfg())
     cfg.TEST.EVAL_DEVICE = device
     cfg.TEST.METRIC = metric
-    ev = FastReidEvaluator(cfg, MARKET["num_query"])
+    ev = ChunkedReidEvaluator(cfg, MARKET["num_query"])
     ev.reset()
     for s in range(0, len(feats), batch):
         ev.process({"targets": pids[s:s + batch], "camids": cams[s:s + batch]},
@@ -208,7 +208,7 @@ def test_evaluator_cuda_equals_cpu_market_size(kind, metric):
 
 # ----------------------------------------------------------------------------- compile
 def test_compile_on_cuda_matches_eager():
-    from gltrans_plugin.modeling import speed
+    from gltrans_plugin.modeling import attention_impl as speed
 
     ok, why = speed.compile_available("cuda")
     if not ok:

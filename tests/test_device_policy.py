@@ -54,7 +54,6 @@ def test_trainer_loaders_set_the_data_device(tiny_market, tmp_path, data_device)
 
 
 def test_trainer_honours_cudnn_benchmark(tiny_market, tmp_path):
-    from gltrans_plugin import reliability
     from gltrans_plugin.engine import Trainer
 
     old = torch.backends.cudnn.benchmark
@@ -63,7 +62,7 @@ def test_trainer_honours_cudnn_benchmark(tiny_market, tmp_path):
             cfg = resnet_cfg(tiny_market, str(tmp_path / str(flag)), CUDNN_BENCHMARK=flag)
             torch.backends.cudnn.benchmark = not flag
             trainer = Trainer(cfg)
-            reliability.stop_train_stream(trainer)
+            trainer.stop_train_stream()
             assert torch.backends.cudnn.benchmark is flag
     finally:
         torch.backends.cudnn.benchmark = old

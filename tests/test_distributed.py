@@ -1,4 +1,4 @@
-"""Several processes train as one (issue 7, item 5): ``projects/train_net.py --num-gpus 2`` on a
+"""Several processes train as one: ``projects/train_net.py --num-gpus 2`` on a
 CPU-only machine runs two gloo processes whose training equals a 1-process run on the same global
 batch, and whose evaluation gathers the features of both processes.
 
@@ -13,7 +13,7 @@ all-reduce instead of one mean): about 1e-7 relative per step, hence the toleran
 relative on losses and weights after 8 SGD steps with momentum).  With BatchNorm the runs differ
 by design (per-process statistics); GroupNorm on ResNet-18's 2x1 last feature maps was tried
 and is too ill-conditioned (1e-7 input differences gave 1% gradient differences after one step).
-Evaluation: fast-reid's ``ReidEvaluator`` in the 1-process run, ours (``FastReidEvaluator``) in
+Evaluation: fast-reid's ``ReidEvaluator`` in the 1-process run, ours (``ChunkedReidEvaluator``) in
 the 2-process run; both gather with ``comm.gather``, recorded per rank by a sitecustomize hook.
 """
 import json
@@ -175,10 +175,10 @@ def test_two_processes_train_and_evaluate_as_one(tiny_market, tmp_path):
     for it in range(8):
         assert loss2[it] == pytest.approx(loss1[it], rel=1e-4), it
     # same weights after training
-    from gltrans_plugin.compat import safe_torch_load
+    from gltrans_plugin.checkpoint import load_file
 
-    wa = safe_torch_load(str(one / "model_final.pth"))["model"]
-    wb = safe_torch_load(str(two / "model_final.pth"))["model"]
+    wa = load_file(str(one / "model_final.pth"))["model"]
+    wb = load_file(str(two / "model_final.pth"))["model"]
     assert sorted(wa) == sorted(wb)
     for k, v in wa.items():
         torch.testing.assert_close(wb[k], v, rtol=1e-4, atol=1e-6, msg=k)

@@ -15,7 +15,7 @@ import torch
 from conftest import resnet_cfg, write_tiny_market
 
 import gltrans_plugin  # noqa: F401
-from gltrans_plugin import errors, reliability
+from gltrans_plugin import checkpoint, errors
 from gltrans_plugin.checkpoint import CheckpointError, PickledCheckpointError
 from gltrans_plugin.data.datasets import DatasetError
 from gltrans_plugin.engine import Trainer
@@ -135,7 +135,7 @@ class _Payload:
 def test_text_file_as_weights_is_not_a_checkpoint(tmp_path):
     from fastreid.utils.checkpoint import Checkpointer
 
-    from gltrans_plugin.modeling.weights import read_checkpoint
+    from gltrans_plugin.checkpoint import load_file
 
     path = tmp_path / "weights.pth"
     path.write_text("hello, this is a text file\n")  # 'h': torch's KeyError: 101
@@ -147,7 +147,7 @@ def test_text_file_as_weights_is_not_a_checkpoint(tmp_path):
                           "tex')")
     assert f"({path}, MODEL.WEIGHTS)" in msg and "PICKLE" not in msg and "run code" not in msg
     with pytest.raises(CheckpointError) as e:
-        read_checkpoint(str(path))
+        load_file(str(path), key="MODEL.BACKBONE.PRETRAIN_PATH", safetensors=True)
     assert f"({path}, MODEL.BACKBONE.PRETRAIN_PATH)" in str(e.value)
     assert "PICKLE" not in str(e.value)
 
@@ -172,12 +172,12 @@ def test_truncated_checkpoint_names_file_and_key(tmp_path):
 def test_pickled_checkpoint_refusal_keeps_its_types(tmp_path):
     import pickle
 
-    from gltrans_plugin.compat import safe_torch_load
+    from gltrans_plugin.checkpoint import load_file
 
     path = tmp_path / "p.pth"
     torch.save({"x": _Payload()}, path)
     with pytest.raises(PickledCheckpointError) as e:
-        safe_torch_load(str(path))
+        load_file(str(path))
     assert isinstance(e.value, pickle.UnpicklingError) and isinstance(e.value, ValueError)
 
 
@@ -238,7 +238,7 @@ def test_resume_after_the_number_of_identities_changed(tmp_path):
     opts = {"SOLVER.OPT": "Adam", "SOLVER.IMS_PER_BATCH": 4}
     first = Trainer(resnet_cfg(four, out, **opts))
     first.checkpointer.save("model_0000", epoch=0)
-    reliability.stop_train_stream(first)
+    first.stop_train_stream()
     second = Trainer(resnet_cfg(eight, out, **opts))
     with pytest.raises(CheckpointError) as e:
         second.resume_or_load(resume=True)
@@ -297,7 +297,7 @@ def test_disk_full_during_a_save_names_folder_and_keeps_previous(tmp_path, monke
     ck = Checkpointer(model, str(tmp_path))
     ck.save("model_0000", epoch=0)
     before = (tmp_path / "model_0000.pth").read_bytes()
-    monkeypatch.setattr(reliability, "open", lambda p, m: _FullDisk(open(p, m)), raising=False)
+    monkeypatch.setattr(checkpoint, "open", lambda p, m: _FullDisk(open(p, m)), raising=False)
     with pytest.raises(errors.DiskFullError) as e:
         ck.save("model_0000", epoch=1)
     assert str(e.value) == (
@@ -398,7 +398,7 @@ def test_corrupt_query_image_found_when_the_test_set_is_read(market_copy, tmp_pa
     data = open(bad, "rb").read()
     open(bad, "wb").write(b"not an image" if how == "garbage" else data[: len(data) // 2])
     built = _no_model_build(monkeypatch)
-    with pytest.raises(reliability.CorruptImageError) as e:
+    with pytest.raises(errors.CorruptImageError) as e:
         Trainer(resnet_cfg(market_copy, str(tmp_path / "out")))
     assert str(e.value).startswith(f"Cannot read query image {bad} of dataset Market1501")
     assert built == []  # before the model, not after an epoch of training
@@ -427,7 +427,7 @@ def test_synthetic_set_never_deletes_a_users_file(tmp_path, caplog):
 
 
 def test_odd_command_line_options_are_a_config_error():
-    from gltrans_plugin.engine import setup_cfg
+    from gltrans_plugin.config import setup_cfg
 
     with pytest.raises(ValueError) as e:
         setup_cfg("", ["SOLVER.BASE_LR"])

@@ -17,7 +17,7 @@ from fastreid.evaluation.query_expansion import aqe as fr_aqe  # noqa: E402
 from fastreid.utils.compute_dist import build_dist, compute_jaccard_distance  # noqa: E402
 
 from gltrans_plugin.config import add_gltrans_config  # noqa: E402
-from gltrans_plugin.evaluation.evaluator import FastReidEvaluator  # noqa: E402
+from gltrans_plugin.evaluation.evaluator import ChunkedReidEvaluator  # noqa: E402
 from gltrans_plugin.evaluation.index import RetrievalIndex  # noqa: E402
 from gltrans_plugin.evaluation.inference import flip_features, inference_on_dataset  # noqa: E402
 from gltrans_plugin.evaluation.ranking import evaluate_ranking, rank_metrics_from_distmat  # noqa: E402
@@ -303,7 +303,7 @@ def test_evaluator_api_and_inference():
         def forward(self, x):
             return x["images"].mean(dim=(2, 3))
 
-    ev = FastReidEvaluator(_cfg(), nq)
+    ev = ChunkedReidEvaluator(_cfg(), nq)
     res = inference_on_dataset(Pool(), batches, ev, flip_test=True, progress=False)
     assert list(res) == ["Rank-1", "Rank-5", "Rank-10", "mAP", "mINP", "metric"]
     cmc, ap, inp = fr_rank.evaluate_rank(build_dist(feats[:nq], feats[nq:], "cosine"),
@@ -321,7 +321,7 @@ def test_evaluator_api_and_inference():
     cfg.TEST.RERANK.ENABLED = True
     cfg.TEST.RERANK.K1 = 5
     cfg.TEST.RERANK.K2 = 2
-    ev = FastReidEvaluator(cfg, nq)
+    ev = ChunkedReidEvaluator(cfg, nq)
     for b in batches:
         ev.process(b, b["images"].mean(dim=(2, 3)))
     assert set(ev.evaluate()) == set(res)

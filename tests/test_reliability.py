@@ -1,4 +1,4 @@
-"""Reliability (issue 7): every bad input gets one clear early error, checkpoints are atomic and
+"""Reliability: every bad input gets one clear early error, checkpoints are atomic and
 weights-only, a NaN loss stops before the step, a killed run resumes with nothing lost.
 
 Each row of the README's "bad inputs" table has a test here (search for the row's name)."""
@@ -19,7 +19,8 @@ import torch
 from conftest import resnet_cfg
 
 import gltrans_plugin  # noqa: F401
-from gltrans_plugin import reliability
+from gltrans_plugin import checkpoint, checks, errors
+from gltrans_plugin.data import samplers
 from gltrans_plugin.engine import Trainer, setup_cfg
 
 PY = sys.executable
@@ -89,15 +90,15 @@ def test_corrupt_image_error_names_the_file(market_copy, tmp_path, how):
     ds = loader.dataset
     bad = ds.img_items[5][0]
     _corrupt(bad, how)
-    with pytest.raises(reliability.CorruptImageError) as e:
+    with pytest.raises(errors.CorruptImageError) as e:
         ds[5]
     assert bad in str(e.value) and "DATALOADER.SKIP_CORRUPT True" in str(e.value)
     assert ds[4]["images"].shape == (3, 64, 32)  # the others still load
 
 
 def test_corrupt_image_error_reaches_the_training_loop(market_copy, tmp_path):
-    # Without reliability's loader fix the error kills fast-reid's prefetch thread and the
-    # training loop waits forever on its queue.
+    # Without the loader fix (compat.loader_errors_propagate) the error kills fast-reid's
+    # prefetch thread and the training loop waits forever on its queue.
     cfg = resnet_cfg(market_copy, str(tmp_path / "out"))
     for name in os.listdir(_market_dir(market_copy, "bounding_box_train")):
         _corrupt(os.path.join(_market_dir(market_copy, "bounding_box_train"), name), "garbage")
@@ -114,7 +115,7 @@ def test_corrupt_image_error_reaches_the_training_loop(market_copy, tmp_path):
     t.start()
     t.join(60)
     assert not t.is_alive(), "the training loop hangs on a loader error"
-    assert isinstance(result.get("error"), reliability.CorruptImageError)
+    assert isinstance(result.get("error"), errors.CorruptImageError)
     assert "bounding_box_train" in str(result["error"])
 
 
@@ -123,7 +124,7 @@ def test_corrupt_images_skipped_with_warning(market_copy, tmp_path, caplog):
     ds = Trainer.build_train_loader(cfg).dataset
     bad = ds.img_items[5][0]
     _corrupt(bad, "truncated")
-    with caplog.at_level("WARNING", logger="gltrans_plugin.reliability"):
+    with caplog.at_level("WARNING", logger="gltrans_plugin.data.common"):
         item = ds[5]
         ds[5]
     assert item["img_paths"] != bad
@@ -191,7 +192,7 @@ def test_unknown_config_key_in_file_names_key_file_and_suggestion(tmp_path):
 
 
 def test_unknown_config_key_on_command_line():
-    with pytest.raises(reliability.ConfigKeyError,
+    with pytest.raises(errors.ConfigKeyError,
                        match=r"MODEL.GLTRANS.PTL.NUM_PART in the command-line options. "
                              r"Did you mean MODEL.GLTRANS.PTL.NUM_PARTS\?"):
         setup_cfg("", ["MODEL.GLTRANS.PTL.NUM_PART", "4"])
@@ -224,7 +225,7 @@ def test_valid_configs_pass_validation():
     for name in ("synthetic_demo.yml", "market1501.yml", "msmt17.yml", "veri.yml"):
         cfg = setup_cfg(os.path.join(REPO, "configs", "GLTrans", name),
                         ["MODEL.BACKBONE.PRETRAIN", "False"])
-        reliability.validate_config(cfg)
+        checks.validate_config(cfg)
 
 
 def test_too_few_identities_for_a_batch(tiny_market, tmp_path):
@@ -305,12 +306,12 @@ def test_atomic_open_keeps_old_file_on_error(tmp_path):
     path = tmp_path / "f.bin"
     path.write_bytes(b"old")
     with pytest.raises(RuntimeError):
-        with reliability.atomic_open(str(path)) as f:
+        with checkpoint.atomic_open(str(path)) as f:
             f.write(b"partial new")
             raise RuntimeError("killed")
     assert path.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["f.bin"]
-    with reliability.atomic_open(str(path)) as f:
+    with checkpoint.atomic_open(str(path)) as f:
         f.write(b"new")
     assert path.read_bytes() == b"new"
     assert os.listdir(tmp_path) == ["f.bin"]
@@ -344,7 +345,7 @@ def test_checkpoint_save_interrupted_mid_write_keeps_previous(tmp_path, monkeypa
 
 _SAVER = """
 import sys, torch
-import gltrans_plugin.engine  # installs the reliability patches
+import gltrans_plugin.engine  # noqa: F401
 from fastreid.utils.checkpoint import Checkpointer
 model = torch.nn.Linear(1024, 2048)  # 8 MB per checkpoint
 ck = Checkpointer(model, sys.argv[1])
@@ -402,7 +403,7 @@ def _tagged_epoch(out):
 
 # ============================================================================ safe loading
 def _torch_load_calls(path):
-    """(source of each torch.load(...) call, guarded-by-allow_pickle) in a python file."""
+    """(source of each torch.load call, guarded-by-allow_pickle) in a python file."""
     text = open(path).read()
     tree = ast.parse(text)
     out = []
@@ -430,7 +431,9 @@ def test_every_torch_load_of_ours_is_weights_only():
         for dirpath, _, files in os.walk(os.path.join(REPO, folder)):
             calls += [(name, *c) for name in files if name.endswith(".py")
                       for c in _torch_load_calls(os.path.join(dirpath, name))]
-    assert {c[0] for c in calls} >= {"checkpoint.py"}  # compat.py and weights.py read through it
+    # one call site: every reader (fast-reid's checkpointer, pretrained weights, the tools)
+    # goes through checkpoint.load_file
+    assert [c[0] for c in calls] == ["checkpoint.py"]
     for name, node, src, guarded in calls:
         kw = {k.arg: k.value for k in node.keywords}
         assert "weights_only" in kw, f"{name}: {src}"
@@ -446,7 +449,7 @@ class _Payload:
         return (os.system, ("echo pwned > /dev/null",))
 
 
-def test_pickled_pretrained_file_needs_config_opt_in(tmp_path):
+def test_pickled_pretrained_file_needs_the_env_opt_in(tmp_path, monkeypatch, caplog):
     from fastreid.modeling import build_model
 
     from gltrans_plugin.modeling.backbone import GLTransViT
@@ -458,11 +461,18 @@ def test_pickled_pretrained_file_needs_config_opt_in(tmp_path):
     torch.save({"model": vit.state_dict(), "args": _Payload()}, path)
     cfg.MODEL.BACKBONE.PRETRAIN = True
     cfg.MODEL.BACKBONE.PRETRAIN_PATH = str(path)
-    with pytest.raises(ValueError, match="set MODEL.BACKBONE.ALLOW_PICKLE True"):
+    monkeypatch.delenv("GLTRANS_ALLOW_PICKLE", raising=False)
+    with pytest.raises(ValueError, match="set GLTRANS_ALLOW_PICKLE=1"):
         build_model(cfg)
-    cfg.MODEL.BACKBONE.ALLOW_PICKLE = True  # explicit opt-in: loads
+    monkeypatch.setenv("GLTRANS_ALLOW_PICKLE", "1")  # the one opt-in, as for training checkpoints
     model = build_model(cfg)
     assert torch.equal(model.backbone.pos_embed, vit.pos_embed)
+    monkeypatch.delenv("GLTRANS_ALLOW_PICKLE")
+    cfg.MODEL.BACKBONE.ALLOW_PICKLE = True  # the deprecated key still loads, with a warning
+    with caplog.at_level("WARNING", logger="gltrans_plugin.modeling.backbone"):
+        model = build_model(cfg)
+    assert torch.equal(model.backbone.pos_embed, vit.pos_embed)
+    assert "MODEL.BACKBONE.ALLOW_PICKLE is deprecated" in caplog.text
 
 
 def test_pickled_training_checkpoint_needs_env_opt_in(tmp_path, monkeypatch):
@@ -495,7 +505,7 @@ class _FakeIdentityBase:
 def test_epoch_sampler_is_deterministic_per_epoch_and_resumable():
     import itertools
 
-    s = reliability.EpochSampler(_FakeIdentityBase(10), epoch_size=8, seed=3)
+    s = samplers.EpochSampler(_FakeIdentityBase(10), epoch_size=8, seed=3)
     it = iter(s)
     full = []
     for _ in range(4):
@@ -503,14 +513,14 @@ def test_epoch_sampler_is_deterministic_per_epoch_and_resumable():
         np.random.seed(123)  # the transforms use numpy's global RNG between batches
         np.random.rand(5)
     state = np.random.get_state()[1].copy()
-    resumed = reliability.EpochSampler(_FakeIdentityBase(10), epoch_size=8, seed=3)
+    resumed = samplers.EpochSampler(_FakeIdentityBase(10), epoch_size=8, seed=3)
     resumed.start_epoch = 2
     assert list(itertools.islice(iter(resumed), 16)) == full[2] + full[3]
     assert np.array_equal(np.random.get_state()[1], state)  # global RNG left alone
     assert full[0] != full[1]
     # ranks: disjoint slices of the same global epoch
-    r0 = reliability.EpochSampler(_FakeIdentityBase(10, 0, 2), epoch_size=8, seed=3)
-    r1 = reliability.EpochSampler(_FakeIdentityBase(10, 1, 2), epoch_size=8, seed=3)
+    r0 = samplers.EpochSampler(_FakeIdentityBase(10, 0, 2), epoch_size=8, seed=3)
+    r1 = samplers.EpochSampler(_FakeIdentityBase(10, 1, 2), epoch_size=8, seed=3)
     a, b = list(itertools.islice(iter(r0), 4)), list(itertools.islice(iter(r1), 4))
     assert sorted(a + b) == sorted(full[0])
 
@@ -596,10 +606,10 @@ def test_train_net_killed_with_sigkill_resumes_with_nothing_lost(tiny_market, tm
              for r in (full, resumed)]
     assert table[0] and [t.split("]:")[-1] for t in table[0]] == \
         [t.split("]:")[-1] for t in table[1]]  # same Rank-k / mAP
-    from gltrans_plugin.compat import safe_torch_load
+    from gltrans_plugin.checkpoint import load_file
 
-    fa = safe_torch_load(str(tmp_path / "full" / "model_final.pth"))
-    fb = safe_torch_load(str(tmp_path / "killed" / "model_final.pth"))
+    fa = load_file(str(tmp_path / "full" / "model_final.pth"))
+    fb = load_file(str(tmp_path / "killed" / "model_final.pth"))
     assert fa["epoch"] == fb["epoch"] == 3
     for k, v in fa["model"].items():
         torch.testing.assert_close(fb["model"][k], v, rtol=1e-3, atol=1e-4, msg=k)

@@ -159,7 +159,7 @@ def test_format_value_round_trips_through_merge_from_list(value):
 
 
 def test_preset_opts_merge_back_to_the_preset_values():
-    from gltrans_plugin.engine import setup_cfg
+    from gltrans_plugin.config import setup_cfg
 
     values = rp.preset_values("cpu")
     opts = rp.preset_opts("cpu")
@@ -172,7 +172,7 @@ def test_preset_opts_merge_back_to_the_preset_values():
 def test_cpu_preset_is_the_demo_recipe_on_every_row():
     """Under the tool's options, a row config equals the synthetic demo in every key but the
     row's own GLTrans switches and the output / seed / evaluation settings."""
-    from gltrans_plugin.engine import setup_cfg
+    from gltrans_plugin.config import setup_cfg
 
     values = rp.preset_values("cpu")
     demo = cfg_items(setup_cfg(DEMO))
@@ -245,8 +245,8 @@ def one_thread():
 def test_every_row_builds_at_the_cpu_preset_size(row, one_thread):
     from fastreid.modeling import build_model
 
-    from gltrans_plugin.engine import setup_cfg
-    from gltrans_plugin.reliability import validate_config
+    from gltrans_plugin.config import setup_cfg
+    from gltrans_plugin.checks import validate_config
 
     cfg = setup_cfg(row.config, rp.shared_overrides(preset="cpu") + [
         "MODEL.HEADS.NUM_CLASSES", "8", "MODEL.BACKBONE.NUM_CAMERAS", "4", "MODEL.DEVICE", "cpu"])

@@ -1,4 +1,4 @@
-"""Speed switches (issue 5): fused vs explicit attention, bf16 autocast, activation
+"""Speed switches: fused vs explicit attention, bf16 autocast, activation
 checkpointing and torch.compile give the same model; tiny sizes on CPU."""
 import logging
 import os
@@ -11,7 +11,7 @@ from fastreid.modeling.meta_arch import build_model
 
 import gltrans_plugin  # noqa: F401  (compat first)
 from gltrans_plugin.config import add_gltrans_config
-from gltrans_plugin.modeling import speed
+from gltrans_plugin.modeling import attention_impl as speed
 from gltrans_plugin.modeling.backbone import GLTransViT
 from gltrans_plugin.modeling.ptl import PTL
 from conftest import set_keys
@@ -203,7 +203,7 @@ def test_compile_unavailable_logs_and_stays_eager(monkeypatch, caplog):
     monkeypatch.delenv("CXX", raising=False)
     ok, why = speed.compile_available("cpu")
     assert not ok and "C++ compiler" in why
-    with caplog.at_level(logging.WARNING, logger="gltrans_plugin.modeling.speed"):
+    with caplog.at_level(logging.WARNING, logger="gltrans_plugin.modeling.attention_impl"):
         m = tiny_vit(compile_blocks=True)
     assert not m._compiled and "not available" in caplog.text
     assert all(getattr(b, "_compiled_call_impl", None) is None for b in m.blocks)

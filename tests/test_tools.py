@@ -1,4 +1,4 @@
-"""The user tools (issue 6) on the synthetic set: ranked lists, attention maps, training curves,
+"""The user tools on the synthetic set: ranked lists, attention maps, training curves,
 model report, ONNX export, checkpoint converters, and GLTrans with fast-reid's Baseline /
 EmbeddingHead / Distiller / evaluator / Visualizer.
 
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import gltrans_plugin  # noqa: F401
-import gltrans_plugin.tools_lib  # noqa: F401  (registers GLTransDistiller)
+import gltrans_plugin.distill  # noqa: F401  (GLTransDistiller, registered on import)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, "configs/GLTrans/synthetic_demo.yml")
@@ -83,7 +83,7 @@ def baseline_ckpt(synth_root, tmp_path_factory):
     from fastreid.modeling import build_model
     from fastreid.utils.checkpoint import Checkpointer
 
-    from gltrans_plugin.tools_lib.loading import load_cfg
+    from gltrans_plugin.engine import load_cfg
 
     out = str(tmp_path_factory.mktemp("baseline"))
     opts = synth_opts(synth_root)[:-2] + ["MODEL.HEADS.NUM_CLASSES", "8",
@@ -108,7 +108,7 @@ def test_visualize_ranking_frames_and_order(gltrans_run, tmp_path):
     from PIL import Image
 
     import visualize_ranking
-    from gltrans_plugin.tools_lib.ranking_vis import FRAME_COLOURS
+    from gltrans_plugin.analysis.ranking_vis import FRAME_COLOURS
 
     out = str(tmp_path / "rank.png")
     res = visualize_ranking.main(["--config-file", DEMO, "--weights", gltrans_run["weights"],
@@ -130,7 +130,7 @@ def test_visualize_ranking_frames_and_order(gltrans_run, tmp_path):
 
 
 def test_rank_lists_match_brute_force():
-    from gltrans_plugin.tools_lib.ranking_vis import rank_lists, select_queries
+    from gltrans_plugin.analysis.ranking_vis import rank_lists, select_queries
 
     g = torch.Generator().manual_seed(0)
     q, gal = torch.randn(5, 8, generator=g), torch.randn(20, 8, generator=g)
@@ -178,8 +178,8 @@ def test_visualize_attention_side_by_side(gltrans_run, baseline_ckpt, tmp_path):
 def test_attention_maps_equal_independent_computation():
     """GMA scores from the hook == GMA.scores on the head's own inputs; Grad-CAM is zero on
     patches that cannot influence the feature."""
-    from gltrans_plugin.engine import setup_cfg
-    from gltrans_plugin.tools_lib.attention import analyse
+    from gltrans_plugin.config import setup_cfg
+    from gltrans_plugin.analysis.attention import analyse
     from fastreid.modeling import build_model
 
     cfg = setup_cfg(DEMO, ["MODEL.HEADS.NUM_CLASSES", "4", "MODEL.BACKBONE.NUM_CAMERAS", "2",
@@ -219,7 +219,7 @@ def test_plot_training_reads_losses_lr_and_eval(gltrans_run, tmp_path):
 
 
 def test_metrics_reader_names_bad_line(tmp_path):
-    from gltrans_plugin.tools_lib.curves import read_metrics
+    from gltrans_plugin.analysis.curves import read_metrics
 
     p = tmp_path / "metrics.json"
     p.write_text('{"iteration": 0, "lr": 0.1}\nnot json\n')
@@ -233,7 +233,7 @@ def test_sdpa_handle_counts_attention_products():
     from fvcore.nn import FlopCountAnalysis
     from timm.models.vision_transformer import Attention
 
-    from gltrans_plugin.tools_lib.flops import sdpa_flop_jit, torch_flops
+    from gltrans_plugin.analysis.flops import sdpa_flop_jit, torch_flops
 
     attn = Attention(64, num_heads=4).eval()
     x = torch.randn(2, 10, 64)
@@ -277,7 +277,8 @@ def test_model_report_table_and_cross_check(tmp_path):
 @pytest.mark.slow
 def test_export_onnx_matches_torch_with_dynamic_batch_and_camids(gltrans_run, tmp_path):
     import export_onnx
-    from gltrans_plugin.tools_lib import loading, onnx_export
+    from gltrans_plugin import export as onnx_export
+    from gltrans_plugin import engine as loading
 
     path = str(tmp_path / "gltrans.onnx")
     info = export_onnx.main(["--config-file", DEMO, "--weights", gltrans_run["weights"],
@@ -300,8 +301,8 @@ def test_export_onnx_matches_torch_with_dynamic_batch_and_camids(gltrans_run, tm
 
 
 def test_export_refuses_camids_without_sie(tmp_path):
-    from gltrans_plugin.engine import setup_cfg
-    from gltrans_plugin.tools_lib.onnx_export import export_onnx
+    from gltrans_plugin.config import setup_cfg
+    from gltrans_plugin.export import export_onnx
     from fastreid.modeling import build_model
 
     cfg = setup_cfg(os.path.join(COMBINE, "vit_embedding_head_synthetic.yml"),
@@ -315,7 +316,7 @@ def test_export_refuses_camids_without_sie(tmp_path):
 def _tiny_model(config, *opts):
     from fastreid.modeling import build_model
 
-    from gltrans_plugin.engine import setup_cfg
+    from gltrans_plugin.config import setup_cfg
 
     cfg = setup_cfg(config, ["MODEL.HEADS.NUM_CLASSES", "5", "MODEL.BACKBONE.NUM_CAMERAS", "3",
                              *opts])
@@ -351,7 +352,7 @@ def _random_sd(shapes, seed=0):
 
 
 def test_convert_transreid_vit(tmp_path):
-    from gltrans_plugin.tools_lib.convert import convert_transreid, save_converted
+    from gltrans_plugin.modeling.convert import convert_transreid, save_converted
 
     model = _tiny_model(os.path.join(COMBINE, "vit_baseline_synthetic.yml"))
     d, c = 192, 5
@@ -374,7 +375,7 @@ def test_convert_transreid_vit(tmp_path):
     torch.testing.assert_close(out["heads.necks.cls12.classifier.weight"],
                                sd["classifier.weight"])
     path = save_converted(rep, model, str(tmp_path / "conv.pth"))
-    from gltrans_plugin.tools_lib.loading import load_state_dict, read_state_dict
+    from gltrans_plugin.checkpoint import load_state_dict, read_state_dict
 
     load_state_dict(model, read_state_dict(path))  # strict
     bad = dict(sd, **{"base.blocks.0.mlp.fc1.weight": torch.zeros(10, d)})
@@ -427,8 +428,8 @@ RELEASED_OPTS = ("MODEL.GLTRANS.GAE.ACTIVATION", "none", "MODEL.GLTRANS.PTF.MASK
 
 @pytest.mark.slow
 def test_convert_released_gltrans_maps_every_key(tmp_path):
-    from gltrans_plugin.tools_lib.convert import convert_released_gltrans, save_converted
-    from gltrans_plugin.tools_lib.loading import load_state_dict, read_state_dict
+    from gltrans_plugin.modeling.convert import convert_released_gltrans, save_converted
+    from gltrans_plugin.checkpoint import load_state_dict, read_state_dict
 
     model = _tiny_model(DEMO, *RELEASED_OPTS)
     sd = _random_sd(_released_shapes(192, 5, 3, 32))
@@ -462,7 +463,7 @@ def test_convert_released_gltrans_maps_every_key(tmp_path):
 
 @pytest.mark.slow
 def test_convert_released_gltrans_reports_and_fails():
-    from gltrans_plugin.tools_lib.convert import convert_released_gltrans
+    from gltrans_plugin.modeling.convert import convert_released_gltrans
 
     model = _tiny_model(DEMO, *RELEASED_OPTS)
     sd = _random_sd(_released_shapes(192, 5, 3, 32))
@@ -489,7 +490,7 @@ def test_convert_checkpoint_cli(tmp_path):
                                    "--config-file", DEMO, "--output", str(tmp_path / "o.pth"),
                                    *RELEASED_OPTS])
     assert res["unfilled_model"] == [] and "norm.weight" in res["unused_source"]
-    from gltrans_plugin.tools_lib.loading import read_state_dict
+    from gltrans_plugin.checkpoint import read_state_dict
 
     out = read_state_dict(str(tmp_path / "o.pth"))
     torch.testing.assert_close(out["heads.lmf.gma.q.weight"], sd["minimodule.G2L.GLinear.weight"])
@@ -525,7 +526,7 @@ def test_vit_backbone_under_fastreid_baseline_embedding_head(synth_root, tmp_pat
 
 @pytest.mark.slow
 def test_distiller_gltrans_teacher_resnet18_student(gltrans_run, synth_root, tmp_path):
-    from gltrans_plugin.tools_lib.distill import GLTransDistiller
+    from gltrans_plugin.distill import GLTransDistiller
 
     teacher_w = gltrans_run["weights"]
     trainer, _, before = train(os.path.join(COMBINE, "distill_gltrans_to_r18_synthetic.yml"),
@@ -536,7 +537,7 @@ def test_distiller_gltrans_teacher_resnet18_student(gltrans_run, synth_root, tmp
     assert isinstance(model, GLTransDistiller)
     teacher = model.model_ts[0]
     assert type(teacher).__name__ == "GLTrans" and not teacher.training
-    from gltrans_plugin.tools_lib.loading import read_state_dict
+    from gltrans_plugin.checkpoint import read_state_dict
 
     ref = read_state_dict(teacher_w)
     for k, v in teacher.state_dict().items():  # loaded fully and never trained
@@ -556,7 +557,7 @@ def test_fastreid_evaluation_on_gltrans_checkpoint(gltrans_run):
     from fastreid.evaluation import ReidEvaluator
     from fastreid.utils.checkpoint import Checkpointer
 
-    from gltrans_plugin.tools_lib.loading import load_cfg
+    from gltrans_plugin.engine import load_cfg
 
     cfg = load_cfg(DEMO, gltrans_run["opts"] + ["TEST.EVALUATOR", "fastreid"],
                    gltrans_run["weights"])
@@ -577,7 +578,7 @@ def test_baseline_teacher_logits_match_fastreid_head_with_frozen_bn(tiny_market,
     from conftest import resnet_cfg
     from fastreid.modeling.meta_arch import build_model
 
-    from gltrans_plugin.tools_lib.distill import teacher_logits
+    from gltrans_plugin.distill import teacher_logits
 
     cfg = resnet_cfg(tiny_market, str(tmp_path))
     cfg.MODEL.HEADS.NUM_CLASSES = 5

@@ -190,7 +190,7 @@ def test_garbage_and_non_checkpoint_files(tmp_path):
 def test_pickled_objects_need_allow_pickle(tmp_path):
     sd = dict(timm_vit().state_dict())
     path = save({"model": sd, "args": argparse.Namespace(lr=0.1)}, tmp_path)
-    with pytest.raises(ValueError, match="MODEL.BACKBONE.ALLOW_PICKLE"):
+    with pytest.raises(ValueError, match="set GLTRANS_ALLOW_PICKLE=1"):
         load_pretrained(ours(), path)
     result = load_pretrained(ours(), path, allow_pickle=True)
     assert result.missing_keys == [] and result.unexpected_keys == []

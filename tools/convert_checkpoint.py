@@ -9,7 +9,7 @@ checkpoint of this plugin's model (load it with MODEL.WEIGHTS).
     python tools/convert_checkpoint.py --format released-gltrans --input GLTrans_msmt17.pth \
         --config-file configs/GLTrans/msmt17_released_code.yml --output gltrans_released.pth
 
-Every key is mapped by name (table in gltrans_plugin/tools_lib/convert.py); keys left over on
+Every key is mapped by name (table in gltrans_plugin/modeling/convert.py); keys left over on
 either side are printed by name; a shape mismatch is an error.  Class and camera counts are
 read from the checkpoint.  --strict fails when any model key stays unfilled.
 """
@@ -34,7 +34,8 @@ def parse_args(argv=None):
                    help="patch grid of the source when not square and not the model's")
     p.add_argument("--strict", action="store_true", help="fail if a model key stays unfilled")
     p.add_argument("--allow-pickle", action="store_true",
-                   help="read a legacy pickled file (runs code from it: trusted files only)")
+                   help="read a legacy pickled file, as env GLTRANS_ALLOW_PICKLE=1 does (runs "
+                        "code from it: trusted files only)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return p.parse_args(argv)
 
@@ -55,14 +56,14 @@ def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import gltrans_plugin  # noqa: F401
-    from fastreid.modeling import build_model
+    from gltrans_plugin.checkpoint import load_file, unwrap_state_dict
+    from gltrans_plugin.engine import load_model
+    from gltrans_plugin.modeling import convert
 
-    from gltrans_plugin.modeling.weights import read_checkpoint, unwrap_state_dict
-    from gltrans_plugin.tools_lib import convert, loading
-
-    sd = unwrap_state_dict(read_checkpoint(args.input, allow_pickle=args.allow_pickle))
-    cfg = loading.load_cfg(args.config_file, _source_sizes(sd, args.format) + list(args.opts))
-    model = build_model(cfg)
+    sd = unwrap_state_dict(load_file(args.input, key="--input", safetensors=True,
+                                     allow_pickle=args.allow_pickle or None))
+    _, model = load_model(args.config_file, None, _source_sizes(sd, args.format) + list(args.opts),
+                          device="cpu")
     if args.format == "transreid":
         report = convert.convert_transreid(sd, model, old_grid=args.old_grid)
     else:

@@ -9,7 +9,7 @@ Inputs: ``images`` float32 B x 3 x H x W with pixel values 0..255 (H x W = INPUT
 model's pixel mean/std are in the graph) and, with ``--camids`` (the default when the model has a
 camera SIE table), ``camids`` int64 B.  Output: ``feature`` float32 B x F.  The strict camera-id
 check is not in the graph (it reads tensor values, which tracing cannot record): an id outside
-the SIE table gets no SIE term instead of an error (gltrans_plugin/tools_lib/onnx_export.py).
+the SIE table gets no SIE term instead of an error (gltrans_plugin/export.py).
 After export the tool runs onnxruntime on a batch of a different size and fails unless the
 feature equals torch's within --atol.
 """
@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parse_args(argv=None):
-    from gltrans_plugin.tools_lib.loading import model_arg_parser
+    from gltrans_plugin.engine import model_arg_parser
 
     p = model_arg_parser(__doc__, "the model's yaml", "trained checkpoint (else MODEL.WEIGHTS)")
     p.add_argument("--output", default="model.onnx", help="ONNX file to write")
@@ -46,16 +46,16 @@ def main(argv=None):
 
     warnings.filterwarnings("ignore", category=Warning, module="torch")  # tracer chatter
     import gltrans_plugin  # noqa: F401  (compat + registrations)
-    from gltrans_plugin.tools_lib import flops, loading, onnx_export
+    from gltrans_plugin.engine import load_model
+    from gltrans_plugin.export import example_inputs, export_onnx, verify_onnx
 
-    cfg, model = loading.load_model(args.config_file, args.weights, args.opts)
-    images, camids = flops.example_inputs(cfg, 2, with_camids=args.camids)
+    cfg, model = load_model(args.config_file, args.weights, args.opts, args.device)
+    images, camids = example_inputs(cfg, 2, with_camids=args.camids)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    info = onnx_export.export_onnx(model, args.output, images, camids, opset=args.opset)
+    info = export_onnx(model, args.output, images, camids, opset=args.opset)
     if not args.no_verify:  # another batch size than the traced one: the batch is dynamic
-        images3, camids3 = flops.example_inputs(cfg, 3, with_camids=camids is not None)
-        info["max_abs_diff"] = onnx_export.verify_onnx(args.output, model, images3, camids3,
-                                                       atol=args.atol)
+        images3, camids3 = example_inputs(cfg, 3, with_camids=camids is not None)
+        info["max_abs_diff"] = verify_onnx(args.output, model, images3, camids3, atol=args.atol)
     print(json.dumps(info))
     return info
 

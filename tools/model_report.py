@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parse_args(argv=None):
-    from gltrans_plugin.tools_lib.loading import model_arg_parser
+    from gltrans_plugin.engine import model_arg_parser
 
     p = model_arg_parser(__doc__, "the model's yaml", "checkpoint (optional; sizes read from it)")
     p.add_argument("--max-depth", type=int, default=2, help="module depth shown in the table")
@@ -37,12 +37,14 @@ def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import gltrans_plugin  # noqa: F401  (compat + registrations)
-    from gltrans_plugin.tools_lib import flops, loading
+    from gltrans_plugin.analysis import flops
+    from gltrans_plugin.engine import load_model
+    from gltrans_plugin.export import example_inputs
 
-    opts = list(args.opts)
-    cfg, model = loading.load_model(args.config_file, args.weights, opts)
-    images, camids = flops.example_inputs(cfg, args.batch,
-                                          with_camids=False if args.no_camids else None)
+    cfg, model = load_model(args.config_file, args.weights, list(args.opts), args.device)
+    images, camids = example_inputs(cfg, args.batch, with_camids=False if args.no_camids else None)
+    images = images.to(cfg.MODEL.DEVICE)
+    camids = None if camids is None else camids.to(cfg.MODEL.DEVICE)
     report = flops.model_report(model, images, camids, max_depth=args.max_depth,
                                 cross_check=not args.no_cross_check)
     print(report["table"])

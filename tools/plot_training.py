@@ -29,7 +29,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from gltrans_plugin.tools_lib.curves import plot_curves, training_curves
+    from gltrans_plugin.analysis.curves import plot_curves, training_curves
 
     curves = training_curves(args.run)
     run_dir = os.path.dirname(args.run) if args.run.endswith(".json") else args.run

@@ -11,7 +11,7 @@ by side when both checkpoints are given.
 
 Without --images the first --num-images queries of the config's test set are used (with their
 camera ids, so SIE applies).  KEY VALUE overrides apply to both models.  The maps are explained
-in gltrans_plugin/tools_lib/attention.py; --save-npz also writes the raw maps.
+in gltrans_plugin/analysis/attention.py; --save-npz also writes the raw maps.
 """
 import argparse
 import json
@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parse_args(argv=None):
-    from gltrans_plugin.tools_lib.loading import model_arg_parser
+    from gltrans_plugin.engine import model_arg_parser
 
     p = model_arg_parser(__doc__, "GLTrans model yaml",
                          "its trained checkpoint (else MODEL.WEIGHTS)")
@@ -42,7 +42,8 @@ def parse_args(argv=None):
 def _inputs(cfg, args):
     import torch
 
-    from gltrans_plugin.tools_lib import attention, loading
+    from gltrans_plugin.analysis import attention
+    from gltrans_plugin.engine import Trainer
 
     if args.images:
         images = attention.load_images(cfg, args.images)
@@ -53,7 +54,7 @@ def _inputs(cfg, args):
                                  f"{len(args.images)} images.")
             camids = torch.tensor(args.camids, dtype=torch.long)
         return images, camids, [os.path.basename(p) for p in args.images]
-    loader, num_query = loading.build_test_loader(cfg)
+    loader, num_query = Trainer.build_test_loader(cfg, cfg.DATASETS.TESTS[0])
     items = [loader.dataset[i] for i in range(min(args.num_images, num_query))]
     images = torch.stack([it["images"] for it in items])
     camids = torch.tensor([int(it["camids"]) for it in items], dtype=torch.long)
@@ -67,16 +68,17 @@ def main(argv=None):
     import numpy as np
 
     import gltrans_plugin  # noqa: F401  (compat + registrations)
-    from gltrans_plugin.tools_lib import attention, loading
+    from gltrans_plugin.analysis import attention
+    from gltrans_plugin.engine import load_model
 
     if bool(args.baseline_config) != bool(args.baseline_weights):
         raise SystemExit("give both --baseline-config and --baseline-weights, or neither.")
-    cfg, model = loading.load_model(args.config_file, args.weights, args.opts)
+    cfg, model = load_model(args.config_file, args.weights, args.opts, args.device)
     images, camids, captions = _inputs(cfg, args)
     models = []
     if args.baseline_config:
-        models.append(("ViT baseline", loading.load_model(args.baseline_config,
-                                                           args.baseline_weights, args.opts)[1]))
+        models.append(("ViT baseline", load_model(args.baseline_config, args.baseline_weights,
+                                                  args.opts, args.device)[1]))
     models.append(("GLTrans" if args.baseline_config else cfg.MODEL.META_ARCHITECTURE, model))
     results = []
     for name, m in models:

@@ -303,9 +303,9 @@ def weight_change(a_path, b_path):
     import torch
 
     sys.path.insert(0, REPO)
-    from gltrans_plugin.compat import safe_torch_load
+    from gltrans_plugin.checkpoint import load_file
 
-    a, b = safe_torch_load(a_path)["model"], safe_torch_load(b_path)["model"]
+    a, b = load_file(a_path)["model"], load_file(b_path)["model"]
     num = den = 0.0
     mx = 0.0
     for k, v in a.items():

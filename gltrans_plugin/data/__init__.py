@@ -1,5 +1,6 @@
-"""Data: the built-in synthetic Re-ID set and the datasets registered into fast-reid."""
-from . import synthetic  # noqa: F401
+"""Data: the datasets registered into fast-reid, the built-in synthetic set, and the image
+sets, samplers and dataset building the trainer uses."""
+from . import images, synthetic  # noqa: F401  (images registers its compat fix)
 from .datasets import (  # noqa: F401  (importing registers the datasets)
     MSMT17TrainVal,
     SyntheticReID,
@@ -8,4 +9,5 @@ from .datasets import (  # noqa: F401  (importing registers the datasets)
     check_dataset_root,
     synthetic_kwargs,
 )
+from .build import build_dataset, clear_dataset_cache, dataset_root  # noqa: F401
 from .synthetic import generate_synthetic_reid  # noqa: F401

@@ -6,9 +6,10 @@
   the GLTrans paper); query / gallery as fast-reid's ``MSMT17``.
 - ``camera_index``: one integer camera index for fast-reid's two camera-id forms.
 - ``check_dataset_root``: a clear error for a dataset that is not where fast-reid looks.
-- ``install_reader_checks``: fast-reid's Market-1501 / DukeMTMC readers name the file whose
-  name breaks the naming or whose camera is out of range (``DatasetError``), instead of
-  ``AttributeError: 'NoneType' object has no attribute 'groups'`` or a bare ``AssertionError``.
+- ``reader_names_checked`` (a ``compat.fix``): fast-reid's Market-1501 / DukeMTMC readers name
+  the file whose name breaks the naming or whose camera is out of range (``DatasetError``),
+  instead of ``AttributeError: 'NoneType' object has no attribute 'groups'`` or a bare
+  ``AssertionError``.
 - ``check_train_set`` / ``check_image_headers``: an empty training folder, and test images
   that are not images, fail when the data is first read, naming the folder / file.
 """
@@ -25,6 +26,7 @@ from fastreid.data.datasets.bases import ImageDataset
 from fastreid.data.datasets.market1501 import Market1501
 from fastreid.data.datasets.msmt17 import MSMT17, TEST_DIR_KEY, TRAIN_DIR_KEY, VERSION_DICT
 
+from ..compat import fix
 from ..errors import UserError
 from .synthetic import DEFAULTS, generate_synthetic_reid
 
@@ -39,7 +41,7 @@ __all__ = [
     "check_image_headers",
     "check_train_set",
     "DatasetError",
-    "install_reader_checks",
+    "reader_names_checked",
     "synthetic_kwargs",
 ]
 
@@ -198,22 +200,22 @@ def check_reader_names(reader, dir_path):
                                path, f"renumber the camera into {lo}..{hi} {fix_tail}")
 
 
-def install_reader_checks():
-    """Wrap fast-reid's ``Market1501.process_dir`` and ``DukeMTMC.process_dir`` (and so every
-    subclass, SyntheticReID included) with ``check_reader_names``; idempotent."""
+@fix
+def reader_names_checked():
+    # fastreid/data/datasets/market1501.py, dukemtmcreid.py: process_dir fails on a badly
+    # named file with AttributeError or a bare AssertionError.  Market1501.process_dir and
+    # DukeMTMC.process_dir (and so every subclass, SyntheticReID included) now run
+    # check_reader_names first, which names the file, the naming rule and the fix.
     from fastreid.data.datasets.dukemtmcreid import DukeMTMC
 
     for reader, cls in (("Market1501", Market1501), ("DukeMTMC", DukeMTMC)):
         original = cls.process_dir
-        if getattr(original, "_gltrans_patched", False):
-            continue
 
         def process_dir(self, dir_path, *args, _original=original, _reader=reader, **kwargs):
             check_reader_names(_reader, dir_path)
             return _original(self, dir_path, *args, **kwargs)
 
         functools.update_wrapper(process_dir, original)
-        process_dir._gltrans_patched = True
         cls.process_dir = process_dir
 
 
@@ -258,7 +260,7 @@ def check_image_headers(name, dataset):
     truncated, fails when the test set is first read, not at the first evaluation."""
     from PIL import UnidentifiedImageError
 
-    from ..reliability import CorruptImageError
+    from ..errors import CorruptImageError
 
     for split, items in (("query", dataset.query), ("gallery", dataset.gallery)):
         for item in items:

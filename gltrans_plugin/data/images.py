@@ -6,14 +6,17 @@ fail far from the file (torchvision's ``RandomErasing``: ``ValueError: If value 
 it should have either a single value or 4 ...``) or normalise wrong values.  ``to_rgb``
 converts every mode (P, L, LA, RGBA, CMYK, YCbCr, I;16, I, F, 1, ...) to RGB: transparency
 composited on black (what dropping alpha gives), 16-bit scaled to 8 bits.
-``install()`` makes fast-reid's reader (training, test and ``tools/``) return ``to_rgb`` images.
+The fix ``images_read_as_rgb`` (registered with ``compat.fix``) makes fast-reid's reader
+(training, test and ``tools/``) return ``to_rgb`` images.
 """
 import functools
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["install", "to_rgb"]
+from ..compat import fix
+
+__all__ = ["images_read_as_rgb", "to_rgb"]
 
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -37,14 +40,14 @@ def to_rgb(img):
     return img.convert("RGB")
 
 
-def install():
-    """fast-reid's ``read_image`` returns ``to_rgb`` images when no format is asked for
-    (``CommDataset`` and the tools call it so); idempotent."""
+@fix
+def images_read_as_rgb():
+    # fastreid/data/data_utils.py: read_image keeps the file's mode (RGBA, CMYK, 16-bit ...),
+    # which the transforms then fail on.  It now returns ``to_rgb`` images when no format is
+    # asked for (CommDataset and the tools call it so).
     from fastreid.data import common, data_utils
 
     original = data_utils.read_image
-    if getattr(original, "_gltrans_patched", False):
-        return
 
     @functools.wraps(original)
     def read_image(file_name, format=None):
@@ -62,6 +65,5 @@ def install():
             img.load()
         return img
 
-    read_image._gltrans_patched = True
     data_utils.read_image = read_image
     common.read_image = read_image  # CommDataset imported it by name

@@ -45,6 +45,8 @@ import uuid
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..config import SYNTHETIC_DEFAULTS
+
 try:  # POSIX advisory lock; without it (Windows) the atomic rename alone still protects readers
     import fcntl
 except ImportError:  # pragma: no cover
@@ -66,16 +68,8 @@ __all__ = [
 GENERATOR_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SPLIT_DIRS = ("bounding_box_train", "query", "bounding_box_test")
-# Must match DATASETS.SYNTHETIC.* in gltrans_plugin/config.py (a test checks it).
-DEFAULTS = dict(
-    num_train_ids=48,
-    num_test_ids=48,
-    num_cameras=4,
-    images_per_id_cam=3,
-    height=128,
-    width=64,
-    seed=0,
-)
+# The generator's defaults are DATASETS.SYNTHETIC.* (config.SYNTHETIC_DEFAULTS), lower-cased.
+DEFAULTS = {k.lower(): v for k, v in SYNTHETIC_DEFAULTS.items()}
 JPEG_QUALITY = 92
 JPEG_SUBSAMPLING = 0  # 4:4:4: small coloured details (logo, shoes) survive the encoding
 _SUPERSAMPLE = 2  # figures are drawn at 2x and downsampled (anti-aliasing)

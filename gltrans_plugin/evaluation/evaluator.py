@@ -1,4 +1,5 @@
-"""``FastReidEvaluator``: fastreid's ``ReidEvaluator`` contract, with chunked exact ranking.
+"""``ChunkedReidEvaluator`` (``TEST.EVALUATOR chunked``): fastreid's ``ReidEvaluator`` contract,
+with chunked exact ranking.
 
 Same ``process()`` / ``evaluate()`` contract and result keys (Rank-1, Rank-5, Rank-10, mAP,
 mINP, metric, in percent; TPR@FPR when ``TEST.ROC.ENABLED``), gathers predictions across
@@ -23,16 +24,7 @@ from .rerank import aqe, k_reciprocal_distance
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FastReidEvaluator", "feature_spread"]
-
-
-def _cfg_get(cfg, path, default):
-    node = cfg
-    for k in path.split("."):
-        if not hasattr(node, k):
-            return default
-        node = getattr(node, k)
-    return node
+__all__ = ["ChunkedReidEvaluator", "FastReidEvaluator", "feature_spread"]
 
 
 def feature_spread(q_feat, g_feat, q_pids, g_pids, max_query=512, max_gallery=4096, seed=0):
@@ -55,7 +47,7 @@ def feature_spread(q_feat, g_feat, q_pids, g_pids, max_query=512, max_gallery=40
     return {"cos_pos": pos, "cos_neg": neg, "cos_gap": pos - neg}
 
 
-class FastReidEvaluator(DatasetEvaluator):
+class ChunkedReidEvaluator(DatasetEvaluator):
     """Drop-in for ``fastreid.evaluation.ReidEvaluator(cfg, num_query, output_dir)``."""
 
     def __init__(self, cfg, num_query: int, output_dir=None):
@@ -64,10 +56,10 @@ class FastReidEvaluator(DatasetEvaluator):
         self._output_dir = output_dir
         self._cpu_device = torch.device("cpu")
         self._predictions = []
-        self.chunk_size = int(_cfg_get(cfg, "TEST.CHUNK_SIZE", 512))
+        self.chunk_size = int(cfg.TEST.CHUNK_SIZE)
         if self.chunk_size < 1:
             raise ValueError(f"TEST.CHUNK_SIZE must be >= 1, got {self.chunk_size}")
-        dev = str(_cfg_get(cfg, "TEST.EVAL_DEVICE", "cpu"))
+        dev = str(cfg.TEST.EVAL_DEVICE)
         if dev.startswith("cuda") and not torch.cuda.is_available():
             logger.warning("TEST.EVAL_DEVICE=%s but CUDA is unavailable; ranking on CPU", dev)
             dev = "cpu"
@@ -94,7 +86,7 @@ class FastReidEvaluator(DatasetEvaluator):
         else:
             predictions = self._predictions
         if not predictions:
-            raise ValueError("FastReidEvaluator.evaluate() called before any process()")
+            raise ValueError("ChunkedReidEvaluator.evaluate() called before any process()")
         n = sum(p["feats"].shape[0] for p in predictions)
         feats = torch.empty(n, predictions[0]["feats"].shape[1], dtype=torch.float32)
         pids = torch.cat([p["pids"].reshape(-1) for p in predictions]).numpy()
@@ -167,3 +159,14 @@ class FastReidEvaluator(DatasetEvaluator):
         for fpr in [1e-4, 1e-3, 1e-2]:
             ind = np.argmin(np.abs(fprs - fpr))
             self._results["TPR@FPR={:.0e}".format(fpr)] = tprs[ind]
+
+
+class FastReidEvaluator(ChunkedReidEvaluator):
+    """The old name of ``ChunkedReidEvaluator`` (deprecated; removed in the next release)."""
+
+    def __init__(self, *args, **kwargs):
+        import warnings
+
+        warnings.warn("FastReidEvaluator is deprecated: use ChunkedReidEvaluator.",
+                      DeprecationWarning, stacklevel=2)
+        super().__init__(*args, **kwargs)

@@ -1,4 +1,4 @@
-"""GLTrans backbone: ViT with overlapping patch embedding and SIE (as TransReID), SPEC.md section 1.
+"""GLTrans backbone: ViT with overlapping patch embedding and SIE (as TransReID).
 
 Shape letters:
     B   batch size
@@ -12,7 +12,7 @@ Shape letters:
 Forward:
     Z0 = [cls; PatchEmbed(x)] + pos + sie_coe * SIE[id]          B x (1+N) x D
     Z_l = Block_l(Z_{l-1})  (timm pre-norm blocks; attention fused SDPA or explicit, by
-                             ``attn_impl``, see speed.py)
+                             ``attn_impl``, see attention_impl.py)
     returns, for each aggregated layer l (in increasing depth):
         cls^l = LayerNorm_l(Z_l[:, 0])                             B x D
         X^l   = Z_l[:, 1:]  (no norm)                              B x N x D
@@ -24,7 +24,7 @@ norm itself is not kept: every parameter takes part in the outputs.
 
 Speed switches: ``grad_checkpoint`` (MODEL.BACKBONE.GRAD_CHECKPOINT) recomputes each block in
 the backward pass instead of storing its activations; ``attn_impl`` (MODEL.ATTN_IMPL) and
-``compile_blocks`` (MODEL.COMPILE) as described in ``speed.py``.
+``compile_blocks`` (MODEL.COMPILE) as described in ``attention_impl.py``.
 
 SIE ids: ``camids`` / ``viewids`` are LongTensors of shape B (or None).
     * ids None -> no SIE term at all (export, an unseen camera); logged once at debug level.
@@ -43,7 +43,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .speed import (check_attn_impl, compile_fallback, compile_modules, is_compile_error,
+from .attention_impl import (check_attn_impl, compile_fallback, compile_modules, is_compile_error,
                     set_fused_attention, use_fused_attention)
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ __all__ = [
     "patch_grid",
 ]
 
-# name -> (embed_dim, num_heads); depth is 12 for all (SPEC.md section 1).
+# name -> (embed_dim, num_heads); depth is 12 for all.
 VIT_SIZES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
 VIT_DEPTH = 12
 
@@ -261,8 +261,8 @@ class GLTransViT(nn.Module):
             "agg_layers": tuple(cfg.MODEL.GLTRANS.AGG_LAYERS),
             "strict_ids": bool(cfg.MODEL.GLTRANS.STRICT_CAMIDS),
             "grad_checkpoint": bool(bb.GRAD_CHECKPOINT),
-            "attn_impl": str(cfg.MODEL.get("ATTN_IMPL", "auto")),
-            "compile_blocks": bool(cfg.MODEL.get("COMPILE", False)),
+            "attn_impl": str(cfg.MODEL.ATTN_IMPL),
+            "compile_blocks": bool(cfg.MODEL.COMPILE),
         }
 
     # ------------------------------------------------------------------ init
@@ -401,8 +401,12 @@ def _maybe_load_pretrained(cfg, model: nn.Module) -> nn.Module:
     if bb.PRETRAIN:
         from .weights import load_pretrained
 
-        load_pretrained(model, bb.PRETRAIN_PATH, allow_pickle=bool(bb.ALLOW_PICKLE),
-                        fmt=str(bb.PRETRAIN_FORMAT))
+        allow = None  # the opt-in is env GLTRANS_ALLOW_PICKLE=1 (checkpoint.load_file)
+        if bb.ALLOW_PICKLE:
+            logger.warning("MODEL.BACKBONE.ALLOW_PICKLE is deprecated and will be removed in the "
+                           "next release: set env GLTRANS_ALLOW_PICKLE=1 instead.")
+            allow = True
+        load_pretrained(model, bb.PRETRAIN_PATH, allow_pickle=allow, fmt=str(bb.PRETRAIN_FORMAT))
     return model
 
 

@@ -1,4 +1,4 @@
-"""Multi-branch loss of GLTrans (paper eq. 14-16, SPEC section 4).
+"""Multi-branch loss of GLTrans (paper eq. 14-16).
 
 Shape letters: B batch, C identities; each branch feature is B x dim.
 

@@ -23,7 +23,7 @@ import torch
 from fastreid.config import configurable
 from torch import nn
 
-from .gae import init_linears
+from .linear_init import init_linears
 
 logger = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ P parts, n_k patches in stripe k, T transformer layers.
              (21 rows, P=3 -> 7/7/7; P=6 -> 4/4/4/3/3/3)              P x (B x n_k x D)
     part k:  [t_k ; cls^{L-K+1} ; ... ; cls^L ; stripe-k tokens]      B x (1 + K + n_k) x D
     T pre-norm transformer layers (timm Block; attention fused SDPA or explicit by
-    ``attn_impl``, see speed.py), shared across parts (paper) or one stack per part, then
+    ``attn_impl``, see attention_impl.py), shared across parts (paper) or one stack per part, then
     LayerNorm; t_k is read out                                           B x D
     Every LayerNorm of the stack (the blocks' two and the final one) has eps ``norm_eps``
     (released code: 1e-5, torch's default; timm's ViT default is 1e-6). Linear layers:
-    ``linear_init`` (see gae.init_linears).
+    ``linear_init`` (see linear_init.init_linears).
     f_l = concat(t_1 .. t_P)                                             B x PD
 T = 0 (Table 9, Model-1): f_l = concat of each stripe's average token, no parameters at all.
 """
@@ -25,8 +25,8 @@ from fastreid.config import configurable
 from timm.models.vision_transformer import Block, init_weights_vit_timm
 from torch import nn
 
-from .gae import check_linear_init, init_linears
-from .speed import (check_attn_impl, compile_fallback, compile_modules, is_compile_error,
+from .linear_init import check_linear_init, init_linears
+from .attention_impl import (check_attn_impl, compile_fallback, compile_modules, is_compile_error,
                     set_fused_attention, use_fused_attention)
 
 logger = logging.getLogger(__name__)
@@ -146,8 +146,8 @@ class PTL(nn.Module):
             "num_cls": num_cls,
             "num_heads": num_heads,
             "part_token_init": p.PART_TOKEN_INIT,
-            "attn_impl": str(cfg.MODEL.get("ATTN_IMPL", "auto")),
-            "compile_blocks": bool(cfg.MODEL.get("COMPILE", False)),
+            "attn_impl": str(cfg.MODEL.ATTN_IMPL),
+            "compile_blocks": bool(cfg.MODEL.COMPILE),
             "norm_eps": float(p.NORM_EPS),
             "linear_init": cfg.MODEL.GLTRANS.LINEAR_INIT,
         }

@@ -15,13 +15,12 @@ renames and resizes a checkpoint into the model's key space:
   reshaped to the conv kernel; TransReID's ``sie_embed`` (T x 1 x D) becomes T x D;
 * a shape that cannot be adapted -> ValueError naming the key and both shapes.
 
-``load_pretrained(model, path)`` reads the file with ``torch.load(weights_only=True)`` (or
-safetensors) unless ``allow_pickle`` (MODEL.BACKBONE.ALLOW_PICKLE) is set, filters it, loads it
+``load_pretrained(model, path)`` reads the file with ``checkpoint.load_file`` (weights-only, or
+safetensors; pickled files need env ``GLTRANS_ALLOW_PICKLE=1``), filters it, loads it
 non-strictly and logs every missing and unexpected key by name.
 """
 import logging
 import math
-import os
 from collections.abc import Mapping
 from typing import Dict, Optional, Sequence
 
@@ -29,44 +28,18 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from ..checkpoint import CheckpointError, torch_load
+from ..checkpoint import CheckpointError, load_file, unwrap_state_dict
 
 logger = logging.getLogger(__name__)
 
-_PRETRAIN_KEY = "MODEL.BACKBONE.PRETRAIN_PATH"
+PRETRAIN_KEY = "MODEL.BACKBONE.PRETRAIN_PATH"
 
-__all__ = ["checkpoint_filter_fn", "load_pretrained", "read_checkpoint", "unwrap_state_dict"]
+__all__ = ["checkpoint_filter_fn", "load_pretrained"]
 
-_WRAPPER_KEYS = ("model", "state_dict", "module", "model_state", "model_state_dict")
 _FORMAT_PREFIX = {"timm": "", "deit": "", "transreid": "base.", "fastreid": "backbone."}
 _DROP_PREFIXES = ("head.", "head_dist.", "pre_logits.", "fc_norm.", "dist_token")
 # Keys of ours that an ImageNet checkpoint cannot have: missing them is normal.
 _NEW_KEYS = ("sie_embed",)
-
-
-def unwrap_state_dict(obj) -> Dict[str, torch.Tensor]:
-    """Strip ``model`` / ``state_dict`` / ... wrappers and ``module.`` prefixes (pure)."""
-    for _ in range(4):
-        if not isinstance(obj, Mapping):
-            break
-        inner = next((obj[k] for k in _WRAPPER_KEYS
-                      if k in obj and isinstance(obj[k], Mapping)), None)
-        if inner is None:
-            break
-        obj = inner
-    if not isinstance(obj, Mapping) or not any(torch.is_tensor(v) for v in obj.values()):
-        raise ValueError(
-            "the checkpoint holds no state dict (no mapping of names to tensors, also not under "
-            f"any of the keys {list(_WRAPPER_KEYS)}); give a ViT weight file "
-            "(MODEL.BACKBONE.PRETRAIN_PATH).")
-    out = {}
-    for k, v in obj.items():
-        if not torch.is_tensor(v):
-            continue
-        while k.startswith("module."):
-            k = k[len("module."):]
-        out[k] = v
-    return out
 
 
 def _find_prefix(sd: Mapping, fmt: str) -> str:
@@ -185,23 +158,8 @@ def _adapt_pos_embed(v, target, model, num_prefix_tokens, old_grid, interpolatio
                                   num_prefix_tokens=1, interpolation=interpolation)
 
 
-def read_checkpoint(path: str, allow_pickle: bool = False):
-    """Read a checkpoint file to CPU; ``weights_only=True`` unless ``allow_pickle``."""
-    if not path or not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"pretrained weight file {path!r} not found. Set MODEL.BACKBONE.PRETRAIN_PATH to a "
-            f"local ViT checkpoint (timm / DeiT / TransReID), or MODEL.BACKBONE.PRETRAIN False.")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(path, device="cpu")
-        except Exception as e:
-            raise CheckpointError(f"not a readable safetensors file ({e})",
-                                  f"{path}, {_PRETRAIN_KEY}", "give a complete .safetensors "
-                                  "file or a torch checkpoint") from e
-    return torch_load(path, key=_PRETRAIN_KEY, allow_pickle=allow_pickle,
-                      opt_in="MODEL.BACKBONE.ALLOW_PICKLE True")
+PRETRAIN_MISSING_FIX = ("Set MODEL.BACKBONE.PRETRAIN_PATH to a local ViT checkpoint (timm / DeiT / "
+                "TransReID), or MODEL.BACKBONE.PRETRAIN False.")
 
 
 def load_pretrained(model: nn.Module, path: str, allow_pickle: bool = False, fmt: str = "auto",
@@ -210,20 +168,21 @@ def load_pretrained(model: nn.Module, path: str, allow_pickle: bool = False, fmt
 
     Returns torch's ``_IncompatibleKeys`` (``missing_keys``, ``unexpected_keys``).
     """
-    raw = read_checkpoint(path, allow_pickle)
+    raw = load_file(path, key=PRETRAIN_KEY, allow_pickle=allow_pickle or None, safetensors=True,
+                    missing_fix=PRETRAIN_MISSING_FIX)
     try:
         sd = checkpoint_filter_fn(raw, model, fmt=fmt, old_grid=old_grid,
                                   interpolation=interpolation)
     except CheckpointError:
         raise
     except ValueError as e:  # the filter's messages name the key; add the file
-        raise CheckpointError("pretrained weights cannot be used", f"{path}, {_PRETRAIN_KEY}",
+        raise CheckpointError("pretrained weights cannot be used", f"{path}, {PRETRAIN_KEY}",
                               str(e).rstrip(".")) from e
     target = model.state_dict()
     if not any(k in target for k in sd):
         raise CheckpointError(f"no key of the file matches the backbone (first keys: "
                               f"{sorted(sd)[:5]}): it is not a ViT checkpoint of a known format",
-                              f"{path}, {_PRETRAIN_KEY}", "give timm / DeiT / TransReID ViT "
+                              f"{path}, {PRETRAIN_KEY}", "give timm / DeiT / TransReID ViT "
                               "weights, or MODEL.BACKBONE.PRETRAIN False")
     result = model.load_state_dict(sd, strict=False)
     new = [k for k in result.missing_keys if k.startswith(_NEW_KEYS)]

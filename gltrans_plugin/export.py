@@ -1,4 +1,5 @@
-"""ONNX export of a fast-reid model's test forward, and the onnxruntime equality check.
+"""A fast-reid model as a tensor-in, tensor-out test forward: the inference wrapper, example
+inputs, ONNX export and the onnxruntime equality check.
 
 Graph inputs / output (B dynamic, H x W fixed to the export size):
     images  float32  B x 3 x H x W, pixel values 0..255 (unnormalised, as fast-reid batches;
@@ -21,17 +22,54 @@ which this stack does not install.
 """
 import contextlib
 import logging
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from .flops import InferenceWrapper
-
 logger = logging.getLogger(__name__)
 
-__all__ = ["export_onnx", "lenient_camids", "run_onnx", "verify_onnx"]
+__all__ = ["InferenceWrapper", "example_inputs", "export_onnx", "lenient_camids", "run_onnx",
+           "verify_onnx"]
+
+
+class InferenceWrapper(nn.Module):
+    """Tensor-in, tensor-out test forward of a fast-reid model, for tracing (fvcore, ONNX).
+
+    ``forward(images, camids=None)``: images B x 3 x H x W in 0..255 (unnormalised, as fast-reid
+    batches), camids B (int64) or None -> the model's test feature B x F.  The caller's tensor is
+    not modified (fast-reid's ``Baseline`` normalises in place).  Runs without gradients, as
+    inference does (this also makes MODEL.ATTN_IMPL "auto" pick fused attention, and keeps the
+    training-only attention switch, which reads shapes, out of traces).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, images: torch.Tensor, camids: Optional[torch.Tensor] = None):
+        batch = {"images": images.clone()}
+        if camids is not None:
+            batch["camids"] = camids
+        with torch.no_grad():
+            return self.model(batch)
+
+
+def example_inputs(cfg, batch: int = 1, with_camids: Optional[bool] = None,
+                   size: Optional[Sequence[int]] = None):
+    """(images B x 3 x H x W in 0..255, camids or None) at the config's test size."""
+    h, w = size or cfg.INPUT.SIZE_TEST
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(batch, 3, int(h), int(w), generator=g) * 255
+    if with_camids is None:
+        with_camids = bool(cfg.MODEL.BACKBONE.SIE_CAMERA) and \
+            cfg.MODEL.META_ARCHITECTURE == "GLTrans"
+    camids = None
+    if with_camids:
+        n = max(1, int(cfg.MODEL.BACKBONE.NUM_CAMERAS))
+        camids = torch.arange(batch, dtype=torch.long) % n
+    return images, camids
 
 
 def _sie_for_export(self, camids, viewids, batch: int, device):

@@ -19,14 +19,16 @@ included, as fvcore does by default).
 """
 import logging
 from collections import OrderedDict
-from typing import Dict, Optional, Sequence
+from typing import Dict
 
 import torch
 from torch import nn
 
+from ..export import InferenceWrapper
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["InferenceWrapper", "count_flops", "fvcore_matmul_macs", "model_report",
+__all__ = ["count_flops", "fvcore_matmul_macs", "model_report",
            "sdpa_flop_jit", "torch_flops"]
 
 # fvcore's default handles for the ops FlopCounterMode counts too (products, convolutions)
@@ -45,28 +47,6 @@ def sdpa_flop_jit(inputs, outputs) -> int:
     nq, d = q[-2], q[-1]
     nk, dv = k[-2], v[-1]
     return int(batch * nq * nk * (d + dv))
-
-
-class InferenceWrapper(nn.Module):
-    """Tensor-in, tensor-out test forward of a fast-reid model, for tracing (fvcore, ONNX).
-
-    ``forward(images, camids=None)``: images B x 3 x H x W in 0..255 (unnormalised, as fast-reid
-    batches), camids B (int64) or None -> the model's test feature B x F.  The caller's tensor is
-    not modified (fast-reid's ``Baseline`` normalises in place).  Runs without gradients, as
-    inference does (this also makes MODEL.ATTN_IMPL "auto" pick fused attention, and keeps the
-    training-only attention switch, which reads shapes, out of traces).
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model.eval()
-
-    def forward(self, images: torch.Tensor, camids: Optional[torch.Tensor] = None):
-        batch = {"images": images.clone()}
-        if camids is not None:
-            batch["camids"] = camids
-        with torch.no_grad():
-            return self.model(batch)
 
 
 def _inputs(model, images, camids):
@@ -169,19 +149,3 @@ def model_report(model: nn.Module, images: torch.Tensor, camids=None, max_depth:
                            2 * out["flops_matmul"], out["torch_flops"])
     out["table"] = "\n".join(lines)
     return out
-
-
-def example_inputs(cfg, batch: int = 1, with_camids: Optional[bool] = None,
-                   size: Optional[Sequence[int]] = None):
-    """(images B x 3 x H x W in 0..255, camids or None) at the config's test size."""
-    h, w = size or cfg.MODEL.get("EXPORT_SIZE", None) or cfg.INPUT.SIZE_TEST
-    g = torch.Generator().manual_seed(0)
-    images = torch.rand(batch, 3, int(h), int(w), generator=g) * 255
-    if with_camids is None:
-        with_camids = bool(cfg.MODEL.BACKBONE.get("SIE_CAMERA", False)) and \
-            cfg.MODEL.META_ARCHITECTURE == "GLTrans"
-    camids = None
-    if with_camids:
-        n = max(1, int(cfg.MODEL.BACKBONE.get("NUM_CAMERAS", 1)))
-        camids = torch.arange(batch, dtype=torch.long) % n
-    return images, camids

@@ -25,7 +25,7 @@ import logging
 
 import torch
 import torch.nn.functional as F
-from fastreid.modeling.meta_arch import META_ARCH_REGISTRY, Baseline, build_model
+from fastreid.modeling.meta_arch import META_ARCH_REGISTRY, Baseline
 from fastreid.modeling.meta_arch.distiller import Distiller
 
 logger = logging.getLogger(__name__)
@@ -35,17 +35,17 @@ __all__ = ["GLTransDistiller", "build_teacher", "teacher_logits"]
 
 def build_teacher(config_file: str, weights: str):
     """A frozen teacher in eval mode from its yaml (plugin keys known) and trained weights."""
-    from .loading import load_cfg, load_state_dict, read_state_dict
+    from .engine import build_trained_model, setup_cfg
 
     if not weights:
         raise ValueError(f"teacher {config_file!r} has no weights: set KD.MODEL_WEIGHTS (one "
                          f"checkpoint per KD.MODEL_CONFIG entry).")
-    cfg_t = load_cfg(config_file, (), weights)
+    cfg_t = setup_cfg(config_file)
+    cfg_t.MODEL.WEIGHTS = weights
     for node in (cfg_t.MODEL.BACKBONE, cfg_t.MODEL.HEADS):  # no DDP wrapper around teachers
-        if node.get("NORM", "") == "syncBN":
+        if node.NORM == "syncBN":
             node.NORM = "BN"
-    model_t = build_model(cfg_t)
-    load_state_dict(model_t, read_state_dict(weights), weights)
+    _, model_t = build_trained_model(cfg_t, key="KD.MODEL_WEIGHTS")
     for p in model_t.parameters():
         p.requires_grad_(False)
     return model_t.eval()
@@ -54,7 +54,7 @@ def build_teacher(config_file: str, weights: str):
 @torch.no_grad()
 def teacher_logits(model_t, batched_inputs) -> torch.Tensor:
     """B x C teacher logits for a raw fast-reid batch (images 0..255, not normalised)."""
-    from ..modeling.meta_arch import GLTrans
+    from .modeling.meta_arch import GLTrans
 
     if isinstance(model_t, GLTrans):
         model_t.eval()

@@ -1,0 +1,124 @@
+"""Set-up checks: impossible settings and unusable data fail before training, one message each.
+
+``validate_config`` needs the config alone (no data, no model build); ``check_data``,
+``check_identities`` and ``check_test_set`` look at the datasets, before the model is built.
+"""
+__all__ = ["check_data", "check_identities", "check_test_set", "validate_config"]
+
+_GLTRANS_BACKBONES = ("build_gltrans_backbone", "build_gltrans_vit_backbone")
+
+
+def validate_config(cfg):
+    """Impossible settings, found from the config alone (no data, no model build).
+
+    GLTrans backbones: image size vs patch / stride (train and test sizes), MODEL.GLTRANS.AGG_LAYERS
+    vs the depth (K <= 12), PTL parts vs grid rows, GMA heads vs the embedding dim, a missing
+    pretrained-weight file.  Any model: identity-sampler batch sizes.  Each check reuses the
+    model's own validation, so the messages are the ones the model would raise later.
+    """
+    _check_batch(cfg)
+    if cfg.MODEL.BACKBONE.NAME in _GLTRANS_BACKBONES:
+        _check_gltrans(cfg)
+    return cfg
+
+
+def _check_batch(cfg):
+    from fastreid.utils import comm
+
+    world = comm.get_world_size()
+    ims = cfg.SOLVER.IMS_PER_BATCH
+    if ims < world or ims % world:
+        raise ValueError(f"SOLVER.IMS_PER_BATCH {ims} must be a positive multiple of the number "
+                         f"of processes ({world}): it is the global batch, split across them.")
+    if cfg.DATALOADER.SAMPLER_TRAIN in ("NaiveIdentitySampler", "BalancedIdentitySampler",
+                                        "SetReWeightSampler"):
+        k = cfg.DATALOADER.NUM_INSTANCE
+        mini = ims // world
+        if k < 1 or mini % k:
+            raise ValueError(
+                f"SOLVER.IMS_PER_BATCH {ims} over {world} process(es) gives {mini} images per "
+                f"process, not a multiple of DATALOADER.NUM_INSTANCE {k}: fast-reid's identity "
+                f"sampler would never complete a batch (training hangs). Use IMS_PER_BATCH = "
+                f"identities x NUM_INSTANCE x processes.")
+
+
+def _check_gltrans(cfg):
+    from .modeling.backbone import VIT_DEPTH, GLTransViT, _normalise_layers, patch_grid
+    from .modeling.gma import GMA
+    from .modeling.ptl import stripe_sizes
+
+    args = GLTransViT.from_config(cfg)  # unknown DEPTH -> ValueError
+    bb, g = cfg.MODEL.BACKBONE, cfg.MODEL.GLTRANS
+    for key in ("SIZE_TRAIN", "SIZE_TEST"):
+        size = tuple(cfg.INPUT[key])
+        try:
+            grid = patch_grid(size, args["patch_size"], args["stride_size"])
+        except ValueError as e:
+            raise ValueError(f"INPUT.{key} {list(size)}: {e}") from None
+        if cfg.MODEL.BACKBONE.NAME == "build_gltrans_backbone" and g.LOCAL.ENABLED:
+            stripe_sizes(grid[0], int(g.PTL.NUM_PARTS))  # NUM_PARTS > grid rows
+    if cfg.MODEL.BACKBONE.NAME == "build_gltrans_backbone":
+        _normalise_layers(tuple(g.AGG_LAYERS), VIT_DEPTH)  # K > depth, out of range, repeats
+        if g.LOCAL.ENABLED and g.GMA.ENABLED:
+            d = args["embed_dim"]
+            GMA(embed_dim=d, global_dim=d, num_heads=int(g.GMA.NUM_HEADS),
+                reduction=int(g.GMA.REDUCTION))  # heads / reduction must divide D
+    if bb.PRETRAIN:
+        from .checkpoint import require_file
+        from .modeling.weights import PRETRAIN_KEY, PRETRAIN_MISSING_FIX
+
+        require_file(str(bb.PRETRAIN_PATH), PRETRAIN_KEY, PRETRAIN_MISSING_FIX)
+
+
+def check_identities(cfg, train_set):
+    """An identity sampler needs IMS_PER_BATCH / NUM_INSTANCE identities for one batch; with
+    fewer it would loop forever without producing one."""
+    num_pids = cfg.SOLVER.IMS_PER_BATCH // max(1, cfg.DATALOADER.NUM_INSTANCE)
+    if "Identity" in cfg.DATALOADER.SAMPLER_TRAIN and len(train_set.pids) < num_pids:
+        raise ValueError(
+            f"The training set has {len(train_set.pids)} identities but a batch needs "
+            f"{num_pids} (SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} / "
+            f"DATALOADER.NUM_INSTANCE {cfg.DATALOADER.NUM_INSTANCE}): lower IMS_PER_BATCH.")
+
+
+def check_test_set(name, data):
+    """A test set with an empty query or gallery has nothing to evaluate: name its folders."""
+    if data.query and data.gallery:
+        return
+    folders = [getattr(data, a) for a in ("query_dir", "gallery_dir") if hasattr(data, a)]
+    raise ValueError(f"Dataset {name}: empty query ({len(data.query)} images) or gallery "
+                     f"({len(data.gallery)} images); nothing to evaluate. Check its "
+                     f"folders under the dataset root (DATASETS.ROOT)"
+                     + (f": {', '.join(folders)}." if folders else "."))
+
+
+def check_data(cfg):
+    """Data checks before the model is built: non-empty query / gallery of every test set, and
+    camera ids inside the SIE table (GLTrans with MODEL.BACKBONE.SIE_CAMERA and strict ids)."""
+    from fastreid.utils import comm
+
+    from .data import build_dataset, camera_index
+    from .data.datasets import check_image_headers
+
+    test_cams = {}
+    for name in cfg.DATASETS.TESTS:
+        data = build_dataset(cfg, name)
+        check_test_set(name, data)
+        if not cfg.DATALOADER.SKIP_CORRUPT and comm.is_main_process():
+            check_image_headers(name, data)  # not at the first evaluation, an epoch later
+        test_cams[name] = {camera_index(c) for _, _, c in data.query + data.gallery}
+    bb = cfg.MODEL.BACKBONE
+    if bb.NAME != "build_gltrans_backbone" or not bb.SIE_CAMERA \
+            or not cfg.MODEL.GLTRANS.STRICT_CAMIDS or bb.NUM_CAMERAS <= 0:
+        return
+    table = int(bb.NUM_CAMERAS)
+    sources = [(f"training set {n}", {camera_index(c) for _, _, c in build_dataset(cfg, n).train})
+               for n in cfg.DATASETS.NAMES] + [(f"test set {n}", c) for n, c in test_cams.items()]
+    for what, cams in sources:
+        bad = sorted(c for c in cams if not 0 <= c < table)
+        if bad:
+            raise ValueError(
+                f"Camera id(s) {bad} of the {what} are outside the SIE table of "
+                f"MODEL.BACKBONE.NUM_CAMERAS={table} (valid ids 0..{table - 1}). Set NUM_CAMERAS "
+                f"to the number of cameras ({max(bad) + 1} or more; 0 = from the training data), "
+                f"or MODEL.GLTRANS.STRICT_CAMIDS False to give such images no SIE term.")
