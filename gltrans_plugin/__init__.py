@@ -10,9 +10,11 @@ from . import compat
 compat.apply()
 
 from . import data, distill, evaluation, modeling  # noqa: E402,F401  (register into fastreid)
+from . import engine  # noqa: E402,F401  (registers its fixes of fast-reid's DefaultTrainer)
 
-compat.apply()  # the fixes the data modules registered (images, reader names)
+compat.apply()  # the fixes the data modules and the engine registered
 from .config import add_gltrans_config  # noqa: E402
+from .extractor import FeatureExtractor  # noqa: E402  (imports the engine on first use only)
 
-__all__ = ["add_gltrans_config", "compat"]
+__all__ = ["FeatureExtractor", "add_gltrans_config", "compat"]
 __version__ = "0.1.0"

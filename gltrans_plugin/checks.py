@@ -94,10 +94,12 @@ def check_test_set(name, data):
 
 def check_data(cfg):
     """Data checks before the model is built: non-empty query / gallery of every test set, and
-    camera ids inside the SIE table (GLTrans with MODEL.BACKBONE.SIE_CAMERA and strict ids)."""
+    camera ids inside the SIE table (GLTrans with MODEL.BACKBONE.SIE_CAMERA and strict ids).
+    Camera ids are the model's (``CameraLayout``): a test camera the training never saw has a
+    negative id, which MODEL.BACKBONE.SIE_UNSEEN handles ('error' fails here, before training)."""
     from fastreid.utils import comm
 
-    from .data import build_dataset, camera_index
+    from .data import build_dataset, camera_layout, test_camera_map
     from .data.datasets import check_image_headers
 
     test_cams = {}
@@ -106,16 +108,30 @@ def check_data(cfg):
         check_test_set(name, data)
         if not cfg.DATALOADER.SKIP_CORRUPT and comm.is_main_process():
             check_image_headers(name, data)  # not at the first evaluation, an epoch later
-        test_cams[name] = {camera_index(c) for _, _, c in data.query + data.gallery}
+        cam = test_camera_map(cfg, name)
+        test_cams[name] = {cam(item[2]) for item in data.query + data.gallery}
     bb = cfg.MODEL.BACKBONE
-    if bb.NAME != "build_gltrans_backbone" or not bb.SIE_CAMERA \
-            or not cfg.MODEL.GLTRANS.STRICT_CAMIDS or bb.NUM_CAMERAS <= 0:
+    if bb.NAME != "build_gltrans_backbone" or not bb.SIE_CAMERA or bb.NUM_CAMERAS <= 0:
+        return
+    unseen = {n: sorted(-1 - c for c in cams if c < 0) for n, cams in test_cams.items()}
+    unseen = {n: cams for n, cams in unseen.items() if cams}
+    if unseen and bb.SIE_UNSEEN == "error":
+        n, cams = next(iter(unseen.items()))
+        raise ValueError(
+            f"Camera(s) {cams} of the test set {n} were never seen in training ("
+            + ("a dataset not in DATASETS.NAMES" if n not in cfg.DATASETS.NAMES else
+               "beyond its training cameras") + ") and MODEL.BACKBONE.SIE_UNSEEN is 'error'. "
+            "Set SIE_UNSEEN 'mean' (the mean camera embedding) or 'none' (no SIE term) for "
+            "them, or test on the training datasets.")
+    if not cfg.MODEL.GLTRANS.STRICT_CAMIDS:
         return
     table = int(bb.NUM_CAMERAS)
-    sources = [(f"training set {n}", {camera_index(c) for _, _, c in build_dataset(cfg, n).train})
+    layout = camera_layout(cfg)
+    sources = [(f"training set {n}", {layout.train_index(c) for _, _, c in
+                                      build_dataset(cfg, n).train})
                for n in cfg.DATASETS.NAMES] + [(f"test set {n}", c) for n, c in test_cams.items()]
     for what, cams in sources:
-        bad = sorted(c for c in cams if not 0 <= c < table)
+        bad = sorted(c for c in cams if c >= table)  # negative: unseen, SIE_UNSEEN's case
         if bad:
             raise ValueError(
                 f"Camera id(s) {bad} of the {what} are outside the SIE table of "

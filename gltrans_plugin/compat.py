@@ -1,14 +1,17 @@
 """Every runtime patch of PyPI's fastreid 1.4.0: it runs on today's stack (Python 3.11, torch 2.x,
-numpy 2, Pillow 11+) and its runs fail clearly instead of hanging or corrupting files.
+numpy 2, Pillow 11+), its runs fail clearly instead of hanging or corrupting files, and its own
+scripts (``tools/train_net.py``: get_cfg, default_setup, DefaultTrainer) run GLTrans configs.
 
 ``import gltrans_plugin`` runs this module before anything imports fastreid: the import-time
 shims first, then ``apply()`` patches fastreid's modules in memory.  Each fix is one small block
 registered with ``@_fix``, whose comment names the fastreid file and the failure it removes;
 ``APPLIED`` lists the fixes by name, env ``GLTRANS_COMPAT_SKIP=name,...`` skips some, and
-``tests/test_compat.py`` has a test for each that fails without it.  Two fixes live beside the
-code they use and register with ``compat.fix``: ``images_read_as_rgb`` (``data/images.py``) and
-``reader_names_checked`` (``data/datasets.py``).  Nothing in site-packages is edited and no
-fastreid code is copied: every patch wraps or replaces one call.
+``tests/test_compat.py`` (or ``tests/test_fastreid_scripts.py``) has a test for each that fails
+without it.  Fixes that use higher layers live beside the code they use and register with
+``compat.fix``: ``images_read_as_rgb`` (``data/images.py``), ``reader_names_checked``
+(``data/datasets.py``) and the three ``default_trainer_*`` fixes of fast-reid's plain
+DefaultTrainer (``engine.py``).  Nothing in site-packages is edited and no fastreid code is
+copied: every patch wraps or replaces one call.
 """
 import collections
 import collections.abc
@@ -90,6 +93,20 @@ def set_data_device(device):
 def _loader_cuda():
     device = _DATA_DEVICE[0]
     return _cuda() and (device is None or device.startswith("cuda"))
+
+
+# --------------------------------------------------------------------------- config
+@_fix
+def gltrans_keys_in_defaults():
+    # fastreid/config/defaults.py: get_cfg() copies fast-reid's defaults, which lack this
+    # plugin's keys -> `KeyError: 'Non-existent config key: DATALOADER.EPOCH_SAMPLER'` when a
+    # fast-reid script (tools/train_net.py's get_cfg + merge_from_file) reads a GLTrans config.
+    # The keys (add_gltrans_config) are added to those defaults once, so get_cfg() has them.
+    from fastreid.config import defaults
+
+    from .config import add_gltrans_config
+
+    add_gltrans_config(defaults._C)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -552,6 +569,126 @@ def nonfinite_loss_stops():
         return original(self, loss_dict, data_time, *args, **kwargs)
 
     train_loop.SimpleTrainer._write_metrics = _write_metrics
+
+
+@_fix
+def cpu_without_cuda():
+    # fastreid/engine/defaults.py, modeling/meta_arch/build.py: MODEL.DEVICE defaults to "cuda"
+    # and build_model moves the model there -> `RuntimeError: Found no NVIDIA driver` (or "Torch
+    # not compiled with CUDA") for every fast-reid script on a machine without a GPU.
+    # default_setup now sets MODEL.DEVICE cpu there (in place, before it logs and saves the
+    # config), and build_model builds on the CPU (for scripts that skip default_setup: the
+    # predictor, the ONNX export); each says so in one log line.
+    import fastreid.engine.defaults as defaults
+    from fastreid.modeling.meta_arch import build as meta_build
+
+    from .config import fall_back_to_cpu
+
+    fastreid_log = logging.getLogger("fastreid")
+    orig_setup, orig_build = defaults.default_setup, meta_build.build_model
+
+    @functools.wraps(orig_setup)
+    def default_setup(cfg, args):
+        device = fall_back_to_cpu(cfg, log=False)
+        out = orig_setup(cfg, args)  # sets up fast-reid's logger: the line goes to log.txt too
+        if device is not None:
+            fastreid_log.info(f"No CUDA GPU is visible to torch: MODEL.DEVICE {device} -> cpu.")
+        return out
+
+    @functools.wraps(orig_build)
+    def build_model(cfg):
+        if str(cfg.MODEL.DEVICE).startswith("cuda") and not _cuda():
+            cfg = cfg.clone()
+            fall_back_to_cpu(cfg, log=fastreid_log)
+        return orig_build(cfg)
+
+    for name, mod in list(sys.modules.items()):  # every fastreid module that imported them
+        if name.split(".")[0] in ("fastreid", __name__.split(".")[0]) and mod is not None:
+            for attr, old, new in (("default_setup", orig_setup, default_setup),
+                                   ("build_model", orig_build, build_model)):
+                if getattr(mod, attr, None) is old:
+                    setattr(mod, attr, new)
+
+
+def per_dataset_results(results, test_sets):
+    """An evaluation's results as ``{dataset: {metric: value}}`` whatever the number of test
+    sets: fast-reid's ``DefaultTrainer.test`` returns one set's metrics directly
+    (``{"Rank-1": ..}``) and several as ``{dataset: {metric: ..}}``.  ``test_sets``:
+    cfg.DATASETS.TESTS.  Results it cannot name a set for are returned unchanged."""
+    if not results or len(test_sets) != 1:
+        return results
+    if all(isinstance(v, collections.abc.Mapping) for v in results.values()):
+        return results
+    return {test_sets[0]: results}
+
+
+def put_eval_results(storage, results, test_sets):
+    """Put an evaluation's results into fast-reid's EventStorage at its current iteration, as
+    ``<dataset>/<metric>`` scalars (``Market1501/Rank-1``), the keys EvalHook uses."""
+    from fastreid.evaluation.testing import flatten_results_dict
+
+    flat = flatten_results_dict(per_dataset_results(results, tuple(test_sets)) or {})
+    storage.put_scalars(**{k: float(v) for k, v in flat.items()}, smoothing_hint=False)
+
+
+@_fix
+def eval_results_per_dataset():
+    # fastreid/engine/hooks.py: EvalHook puts one test set's results as `Rank-1`, `mAP` ... and
+    # several sets' as `Market1501/Rank-1` ..., so a curve's key changes with DATASETS.TESTS.
+    # Every evaluation's scalars are now `<dataset>/<metric>`; PeriodicCheckpointer (model_best)
+    # reads `<first test set>/metric` accordingly.
+    from fastreid.engine import hooks
+
+    orig_init = hooks.EvalHook.__init__
+
+    def __init__(self, eval_period, eval_function):
+        def per_dataset():
+            cfg = getattr(getattr(self, "trainer", None), "cfg", None)
+            tests = tuple(cfg.DATASETS.TESTS) if cfg is not None else ()
+            return per_dataset_results(eval_function(), tests)
+
+        orig_init(self, eval_period, per_dataset)  # (after_train deletes it: no cycle left)
+
+    orig_before_train = hooks.PeriodicCheckpointer.before_train
+
+    def before_train(self):
+        orig_before_train(self)
+        self.metric_name = f"{self.trainer.cfg.DATASETS.TESTS[0]}/metric"
+
+    hooks.EvalHook.__init__ = __init__
+    hooks.PeriodicCheckpointer.before_train = before_train
+
+
+@_fix
+def eval_results_written():
+    # fastreid/engine/hooks.py: EvalHook puts its results in after_epoch, at the epoch's last
+    # iteration, which PeriodicWriter has written in after_step already when its period divides
+    # it (and always for the last iteration); JSONWriter and TensorboardXWriter skip scalars of
+    # an iteration they have written -> the accuracy is missing from metrics.json and
+    # TensorBoard.  The evaluation after_train runs (EVAL_PERIOD not dividing MAX_EPOCH) is never
+    # written: PeriodicWriter.after_train only closes the writers.  An epoch's last iteration is
+    # now written in after_epoch (after the evaluation, as the hooks are ordered), and
+    # after_train writes once more before closing.
+    from fastreid.engine import hooks
+
+    writer = hooks.PeriodicWriter
+    orig_after_step, orig_after_train = writer.after_step, writer.after_train
+
+    def after_step(self):
+        per_epoch = getattr(self.trainer, "iters_per_epoch", 0)
+        if per_epoch and (self.trainer.iter + 1) % per_epoch == 0:
+            return  # after_epoch writes this iteration, with the evaluation results
+        orig_after_step(self)
+
+    def after_train(self):
+        try:
+            for w in self._writers:
+                w.write()
+        except Exception:  # noqa: BLE001  (never mask the error that ended the training)
+            logger.warning("Writing the last metrics failed.", exc_info=True)
+        orig_after_train(self)
+
+    writer.after_step, writer.after_train = after_step, after_train
 
 
 class _LoaderError:

@@ -57,14 +57,7 @@ def teacher_logits(model_t, batched_inputs) -> torch.Tensor:
     from .modeling.meta_arch import GLTrans
 
     if isinstance(model_t, GLTrans):
-        model_t.eval()
-        images = model_t.preprocess_image(batched_inputs)  # out of place
-        feats = model_t.backbone(images, camids=model_t._ids(batched_inputs, "camids"),
-                                 viewids=model_t._ids(batched_inputs, "viewids"))
-        heads = model_t.heads
-        branch = heads.branch_features(feats)  # {name: B x dim}
-        logits = [heads.necks[n](branch[n])[1] for n in heads.branch_names]  # each B x C
-        return torch.stack(logits, 0).mean(0)  # B x C
+        return model_t.class_logits(batched_inputs)  # B x C, eval mode, its own ids
     images = Baseline.preprocess_image(model_t, {"images": batched_inputs["images"].clone()})
     heads = model_t.heads  # fast-reid's EmbeddingHead; in eval mode it returns features only
     neck = heads.bottleneck(heads.pool_layer(model_t.backbone(images)))[..., 0, 0]  # B x D

@@ -30,9 +30,9 @@ from fastreid.utils.logger import setup_logger
 from .checkpoint import atomic_open, load_file, load_state_dict, sizes_from_state_dict, \
     unwrap_state_dict
 from .checks import check_data, check_identities, check_test_set, validate_config
-from .compat import set_data_device
+from .compat import fix, put_eval_results, set_data_device
 from .config import setup_cfg
-from .data import build_dataset, camera_index, clear_dataset_cache
+from .data import build_dataset, camera_layout, clear_dataset_cache, test_camera_map
 from .data.common import RobustCommDataset
 from .data.datasets import check_train_set
 from .data.samplers import EpochSampler, wrap_sampler
@@ -81,10 +81,11 @@ class Trainer(DefaultTrainer):
             if comm.is_main_process():
                 data.show_train()
             items.extend(data.train)
+        layout = camera_layout(cfg)  # identities of merged sets apart, each its own SIE rows
         train_set = RobustCommDataset(items, build_transforms(cfg, is_train=True), relabel=True,
                                       skip_corrupt=cfg.DATALOADER.SKIP_CORRUPT)
-        # Same camera index in training as in test (see camera_index).
-        train_set.cam_dict = {c: camera_index(c) for c in train_set.cams}
+        # Same camera index in training as in test (see camera_index, CameraLayout).
+        train_set.cam_dict = {c: layout.train_index(c) for c in train_set.cams}
         check_identities(cfg, train_set)  # else the identity sampler never completes a batch
         sampler = _train_loader_from_config(cfg, train_set=train_set)["sampler"]
         # deterministic per epoch, so a resumed run sees the same batches (data/samplers.py)
@@ -98,8 +99,11 @@ class Trainer(DefaultTrainer):
         if comm.is_main_process():
             data.show_test()
         check_test_set(dataset_name, data)
-        test_set = RobustCommDataset(data.query + data.gallery,
-                                     build_transforms(cfg, is_train=False), relabel=False,
+        # the training's camera rows; a camera the training never saw gets a negative id
+        cam = test_camera_map(cfg, dataset_name)
+        items = [(item[0], item[1], cam(item[2])) + tuple(item[3:])
+                 for item in data.query + data.gallery]
+        test_set = RobustCommDataset(items, build_transforms(cfg, is_train=False), relabel=False,
                                      skip_corrupt=cfg.DATALOADER.SKIP_CORRUPT)
         return build_reid_test_loader(cfg, test_set=test_set, num_query=len(data.query))
 
@@ -160,6 +164,10 @@ class Trainer(DefaultTrainer):
                 h._period = period
         if self.cfg.SOLVER.HEALTH.ENABLED and comm.is_main_process():
             ret.insert(0, TrainingHealth(period, self.cfg.SOLVER.HEALTH))
+        if self.cfg.TEST.EVAL_BEFORE_TRAIN and comm.is_main_process():
+            # the untrained model's accuracy at the first iteration of metrics.json / TensorBoard
+            ret.insert(0, hooks.CallbackHook(before_train=lambda t: put_eval_results(
+                t.storage, t._before_train_results, t.cfg.DATASETS.TESTS)))
         return ret
 
     # ------------------------------------------------------------------ run
@@ -311,16 +319,20 @@ class TrainingHealth(hooks.HookBase):
 
 
 def fill_num_cameras(cfg):
-    """MODEL.BACKBONE.NUM_CAMERAS = 0 means 'from the training data': max camera index + 1."""
+    """MODEL.BACKBONE.NUM_CAMERAS = 0 means 'from the training data': max camera index + 1 of
+    each training dataset, summed (each dataset its own rows: ``CameraLayout``)."""
     if cfg.MODEL.BACKBONE.NUM_CAMERAS > 0:
         return cfg
-    cams = {camera_index(c) for name in cfg.DATASETS.NAMES
-            for _, _, c in build_dataset(cfg, name).train}
+    layout = camera_layout(cfg)
     cfg = cfg.clone()
     frozen = cfg.is_frozen()
     cfg.defrost()
-    cfg.MODEL.BACKBONE.NUM_CAMERAS = max(cams) + 1
-    logger.info(f"Auto-scaling MODEL.BACKBONE.NUM_CAMERAS={max(cams) + 1}")
+    cfg.MODEL.BACKBONE.NUM_CAMERAS = layout.total
+    logger.info(f"Auto-scaling MODEL.BACKBONE.NUM_CAMERAS={layout.total}"
+                + (" (" + ", ".join(f"{n}: rows {layout.offsets[n]}.."
+                                    f"{layout.offsets[n] + layout.spans[n] - 1}"
+                                    for n in layout.names) + ")"
+                   if len(layout.names) > 1 else ""))
     if frozen:
         cfg.freeze()
     return cfg
@@ -502,3 +514,60 @@ def model_arg_parser(doc, config_help="the model's yaml (a run's OUTPUT_DIR/conf
     p.add_argument("--device", default="auto",
                    help="auto (CUDA when present, else CPU) | cpu | cuda | cuda:N")
     return p
+
+
+# ---------------------------------------------------------------------- fast-reid's DefaultTrainer
+# Fixes of fastreid/engine/defaults.py's plain DefaultTrainer (registered with compat.fix, applied
+# by ``import gltrans_plugin``), so fast-reid's own scripts (tools/train_net.py) train a GLTrans
+# config as Trainer does.  Trainer overrides these methods or calls the patched ones.
+@fix
+def default_trainer_reads_dataset_keys():
+    # fastreid/engine/defaults.py + data/build.py: DefaultTrainer's loaders build each dataset
+    # under env FASTREID_DATASETS with the reader's default arguments -> DATASETS.ROOT and
+    # DATASETS.SYNTHETIC.* are silently ignored (the built-in set is generated at its default
+    # sizes under ./datasets), and training camera ids, relabelled in string order, stop
+    # matching the test ids past 10 cameras (the SIE rows).  Its train and test loaders are now
+    # Trainer's: the configured root and sizes, the same camera index in training and test.
+    DefaultTrainer.build_train_loader = classmethod(
+        lambda cls, cfg: Trainer.build_train_loader.__func__(cls, cfg))
+    DefaultTrainer.build_test_loader = classmethod(
+        lambda cls, cfg, dataset_name: Trainer.build_test_loader.__func__(cls, cfg, dataset_name))
+
+
+@fix
+def default_trainer_fills_cameras():
+    # fastreid/engine/defaults.py: DefaultTrainer.auto_scale_hyperparams fills only
+    # MODEL.HEADS.NUM_CLASSES, so a GLTrans config's MODEL.BACKBONE.NUM_CAMERAS 0 ("from the
+    # data") builds a model without camera rows and the first batch fails on its camera ids.
+    # The camera count now comes from the training data (fill_num_cameras) first.
+    original = DefaultTrainer.auto_scale_hyperparams
+
+    def auto_scale_hyperparams(cfg, num_classes):
+        return original(fill_num_cameras(cfg), num_classes)
+
+    DefaultTrainer.auto_scale_hyperparams = staticmethod(auto_scale_hyperparams)
+
+
+@fix
+def default_trainer_warmup_epochs():
+    # fastreid/engine/defaults.py: DefaultTrainer builds the warm-up from SOLVER.WARMUP_ITERS and
+    # its LRScheduler hook reads trainer.warmup_iters = SOLVER.WARMUP_ITERS, so SOLVER.WARMUP_EPOCHS
+    # is ignored: with the base config's 1000 iterations the learning rate stays near
+    # WARMUP_FACTOR x BASE_LR for a short run.  Both now follow WARMUP_EPOCHS when it is > 0.
+    orig_scheduler = DefaultTrainer.build_lr_scheduler.__func__
+    orig_init = DefaultTrainer.__init__
+
+    def build_lr_scheduler(cls, cfg, optimizer, iters_per_epoch):
+        if cfg.SOLVER.WARMUP_EPOCHS > 0:
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.SOLVER.WARMUP_ITERS = warmup_iters(cfg, iters_per_epoch)
+        return orig_scheduler(cls, cfg, optimizer, iters_per_epoch)
+
+    def __init__(self, cfg):
+        orig_init(self, cfg)
+        if self.cfg.SOLVER.WARMUP_EPOCHS > 0:  # the LRScheduler hook reads it every step
+            self.warmup_iters = warmup_iters(self.cfg, self.iters_per_epoch)
+
+    DefaultTrainer.build_lr_scheduler = classmethod(build_lr_scheduler)
+    DefaultTrainer.__init__ = __init__

@@ -8,19 +8,17 @@ Graph inputs / output (B dynamic, H x W fixed to the export size):
     feature float32  B x F, the test feature (GLTrans: concat(f_g, f_l, cls^L), before BN)
 
 Camera ids are an optional second input in the sense that two graphs can be exported: with
-``camids`` (SIE added, as in training and evaluation) or without (no SIE term, as the torch
-model called without ids).  A strict camera-id check (``MODEL.GLTRANS.STRICT_CAMIDS``) reads tensor
-values in Python (``bool(valid.all())``), which tracing cannot record, and the backbone's SIE
-lookup combines masks in place (``valid &= ...`` -> ``aten::__iand_``, which has no ONNX
-symbolic).  During export ``lenient_camids`` therefore gives each backbone instance an
-export-friendly SIE lookup (``_sie_for_export``: the same formula, out of place, no check) -- an
-id outside the SIE table then gets no SIE term instead of an error.  Validate ids before
-calling the ONNX model if that matters.  ``verify_onnx`` compares against the unpatched model.
+``camids`` (SIE added, as in training and evaluation) or without (as the torch model called
+without ids: ``MODEL.BACKBONE.SIE_UNSEEN`` decides, "none" = no SIE term, "mean" = the mean
+camera embedding).  The backbone's own SIE lookup is traced: it is out of place, and its strict
+camera-id check (``MODEL.GLTRANS.STRICT_CAMIDS``), a Python read of tensor values that a graph
+cannot hold, is skipped while tracing, so in the graph an id of -1 or outside the SIE table gets
+the SIE_UNSEEN policy instead of an error.  Validate ids before calling the ONNX model if that
+matters.
 
 Uses the TorchScript-based exporter (``dynamo=False``): the dynamo exporter needs ``onnxscript``,
 which this stack does not install.
 """
-import contextlib
 import logging
 from typing import Dict, Optional, Sequence
 
@@ -30,8 +28,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["InferenceWrapper", "example_inputs", "export_onnx", "lenient_camids", "run_onnx",
-           "verify_onnx"]
+__all__ = ["InferenceWrapper", "example_inputs", "export_onnx", "run_onnx", "verify_onnx"]
 
 
 class InferenceWrapper(nn.Module):
@@ -72,46 +69,10 @@ def example_inputs(cfg, batch: int = 1, with_camids: Optional[bool] = None,
     return images, camids
 
 
-def _sie_for_export(self, camids, viewids, batch: int, device):
-    """``GLTransViT._sie`` without the strict check and without in-place ops: B x 1 x D or None.
-
-    index = cam * num_views + view (camera x view), cam, or view; ids outside the table -> row 0
-    multiplied by 0 (no SIE term), as the lenient path of the backbone."""
-    if self.sie_embed is None:
-        return None
-    if (self.sie_camera and camids is None) or (self.sie_view and viewids is None):
-        return None
-    index, valid = None, None
-    for use, ids, size in ((self.sie_camera, camids, self.num_cameras),
-                           (self.sie_view, viewids, self.num_views)):
-        if not use:
-            continue
-        ids = ids.to(device).long().reshape(-1)  # B
-        ok = (ids >= 0) & (ids < size)
-        valid = ok if valid is None else valid & ok
-        index = ids if index is None else index * self.num_views + ids
-    index = torch.where(valid, index, torch.zeros_like(index))
-    sie = self.sie_embed[index] * valid.unsqueeze(1).to(self.sie_embed.dtype)  # B x D
-    return self.sie_coe * sie.unsqueeze(1)  # B x 1 x D
-
-
-@contextlib.contextmanager
-def lenient_camids(model: nn.Module):
-    """Temporarily give every SIE backbone the traceable lookup ``_sie_for_export``."""
-    changed = []
-    for m in model.modules():
-        if hasattr(m, "sie_embed") and hasattr(m, "_sie") and hasattr(m, "strict_ids"):
-            m._sie = _sie_for_export.__get__(m)
-            changed.append(m)
-    try:
-        yield model
-    finally:
-        for m in changed:
-            del m._sie
-
-
 def _uses_sie(model: nn.Module) -> bool:
-    return any(getattr(m, "sie_embed", None) is not None for m in model.modules())
+    """True when the model's backbone publishes an SIE table (``BackboneSpec.sie_rows``)."""
+    spec = getattr(model.backbone, "output_spec", None)  # GLTrans ViT backbones publish one
+    return spec is not None and spec().sie_rows > 0
 
 
 def export_onnx(model: nn.Module, path: str, images: torch.Tensor,
@@ -130,7 +91,7 @@ def export_onnx(model: nn.Module, path: str, images: torch.Tensor,
     axes = {"images": {0: "batch"}, "feature": {0: "batch"}}
     if camids is not None:
         axes["camids"] = {0: "batch"}
-    with lenient_camids(model), torch.no_grad():
+    with torch.no_grad():
         out = wrapper(*args)
         torch.onnx.export(wrapper, args, path, input_names=names, output_names=["feature"],
                           dynamic_axes=axes, opset_version=opset, dynamo=False,

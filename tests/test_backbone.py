@@ -49,7 +49,7 @@ def test_output_structure_and_forward_features():
     with torch.no_grad():
         out = m(x)
         feat = m.forward_features(x)
-    assert set(out) == {"cls", "patches", "grid"}
+    assert set(out._fields) == {"cls", "patches", "grid"}
     assert out["grid"] == (5, 2)
     assert [tuple(t.shape) for t in out["cls"]] == [(2, 32)] * 3
     assert [tuple(t.shape) for t in out["patches"]] == [(2, 10, 32)] * 3
@@ -91,7 +91,7 @@ def _shifted_pos_model(m, shift):
 
 def test_sie_camera_matches_independent_computation():
     torch.manual_seed(0)
-    m = tiny(depth=2, sie_camera=True, num_cameras=4, sie_coe=3.0).eval()
+    m = tiny(depth=2, sie_camera=True, num_cameras=4, sie_coe=3.0, sie_unseen="none").eval()
     x = torch.randn(1, 3, 64, 32)
     with torch.no_grad():
         plain = m.forward_features(x)
@@ -129,8 +129,6 @@ def test_out_of_range_camid_strict_and_lenient():
     msg = r"camera id\(s\) \[7\].*size 4.*MODEL.BACKBONE.NUM_CAMERAS"
     with pytest.raises(ValueError, match=msg):
         m(x, camids=torch.tensor([1, 7]))
-    with pytest.raises(ValueError, match=r"\[-1\]"):
-        m(x, camids=torch.tensor([-1, 0]))
     m.strict_ids = False
     with torch.no_grad():
         mixed = m.forward_features(x, camids=torch.tensor([1, 7]))
@@ -138,6 +136,31 @@ def test_out_of_range_camid_strict_and_lenient():
         none = m.forward_features(x)
     torch.testing.assert_close(mixed[0], cam1[0])  # valid id: its SIE
     torch.testing.assert_close(mixed[1], none[1])  # invalid id: no SIE
+
+
+@pytest.mark.parametrize("policy", ["none", "mean", "error"])
+def test_unknown_camera_follows_sie_unseen(policy, caplog):
+    """-1 or no ids: "none" = no SIE term, "mean" = sie_coe * mean of the table, "error"."""
+    torch.manual_seed(0)
+    m = tiny(depth=2, sie_camera=True, num_cameras=4, sie_coe=2.0, sie_unseen=policy).eval()
+    with torch.no_grad():
+        m.sie_embed.normal_()
+    x = torch.randn(2, 3, 64, 32)
+    if policy == "error":
+        for ids in (None, torch.tensor([-1, 0])):
+            with pytest.raises(ValueError, match=r"without a camera id .*SIE_UNSEEN 'error'"):
+                m(x, camids=ids)
+        return
+    shift = 2.0 * m.sie_embed.mean(0) if policy == "mean" else 0.0
+    with torch.no_grad(), caplog.at_level("WARNING", logger="gltrans_plugin.modeling.backbone"):
+        mixed = m.forward_features(x, camids=torch.tensor([1, -1]))
+        missing = m.forward_features(x)
+        cam1 = m.forward_features(x, camids=torch.tensor([1, 1]))
+        expected = _shifted_pos_model(m, shift).forward_features(x)
+    torch.testing.assert_close(mixed[0], cam1[0])      # a known camera: its own row
+    torch.testing.assert_close(mixed[1], expected[1])  # unknown: the policy
+    torch.testing.assert_close(missing, expected)      # no ids at all: the policy
+    assert caplog.text.count("without a camera id") == 1  # warned once
 
 
 @pytest.mark.parametrize("kw,msg", [

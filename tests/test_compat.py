@@ -27,7 +27,7 @@ def test_every_fix_applied_once():
     if os.environ.get("GLTRANS_COMPAT_SKIP"):
         pytest.skip("a fix is deliberately skipped")
     assert compat.apply() == [f.__name__ for f in compat._FIXES]
-    assert len(set(compat.APPLIED)) == len(compat.APPLIED) == 20
+    assert len(set(compat.APPLIED)) == len(compat.APPLIED) == 27
 
 
 # The runtime fixes that make fast-reid's runs fail clearly (not hang, not corrupt files): each
@@ -88,6 +88,48 @@ from fastreid.data.data_utils import read_image
 p = os.path.join(tempfile.mkdtemp(), "a.png"); Image.new("RGBA", (4, 8), (9, 9, 9, 128)).save(p)
 print("FIXED" if read_image(p).mode == "RGB" else "BROKEN")
 """,
+    "gltrans_keys_in_defaults": """
+import os
+from fastreid.config import get_cfg
+cfg = get_cfg()
+try:
+    cfg.merge_from_file(os.path.join("configs", "GLTrans", "synthetic_demo.yml"))
+    print("FIXED" if cfg.MODEL.BACKBONE.DEPTH == "tiny" else "BROKEN")
+except KeyError:  # Non-existent config key: DATALOADER.EPOCH_SAMPLER
+    print("BROKEN")
+""",
+    "eval_results_per_dataset": """
+from fastreid.config import get_cfg
+from fastreid.engine import hooks
+from fastreid.engine.train_loop import TrainerBase
+from fastreid.utils.events import EventStorage
+t = TrainerBase(); t.cfg = get_cfg(); t.cfg.DATASETS.TESTS = ("Market1501",); t.max_epoch = 1
+ev = hooks.EvalHook(1, lambda: {"Rank-1": 50.0, "mAP": 40.0, "metric": 45.0})
+ck = hooks.PeriodicCheckpointer(None, 1)
+t.register_hooks([ev, ck])
+with EventStorage(0) as t.storage:
+    ev._do_eval(); ck.before_train()
+    keys = set(t.storage.latest())
+print("FIXED" if keys == {"Market1501/Rank-1", "Market1501/mAP", "Market1501/metric"}
+      and ck.metric_name == "Market1501/metric" else "BROKEN")
+""",
+    "eval_results_written": """
+import json, os, tempfile
+from fastreid.engine import hooks
+from fastreid.engine.train_loop import TrainerBase
+from fastreid.utils.events import JSONWriter
+class Loop(TrainerBase):
+    def run_step(self):
+        self.storage.put_scalar("total_loss", 1.0)
+path = os.path.join(tempfile.mkdtemp(), "metrics.json")
+t = Loop(); t.iters_per_epoch, t.max_epoch, t.max_iter = 2, 3, 6
+t.register_hooks([hooks.EvalHook(2, lambda: {"Rank-1": 50.0}),
+                  hooks.PeriodicWriter([JSONWriter(path)], 1)])
+t.train(0, 3, 2)  # evaluations after epoch 2 (iteration 3) and after training (6)
+rows = [json.loads(line) for line in open(path)]
+found = [r["iteration"] for r in rows if any(k.endswith("Rank-1") for k in r)]
+print("FIXED" if found == [3, 6] else "BROKEN")
+""",
     "reader_names_checked": """
 import os, tempfile
 from PIL import Image
@@ -106,7 +148,7 @@ except Exception:
 
 
 def test_runtime_fixes_are_registered_skippable_and_needed():
-    # one interpreter with every fix, one with these five skipped (two imports, not ten)
+    # one interpreter with every fix, one with these skipped (two imports, not one per fix)
     code = "import gltrans_plugin\n" + "".join(
         f"print({name!r})\n" + snippet for name, snippet in sorted(_RUNTIME_FIXES.items()))
 

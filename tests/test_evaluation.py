@@ -344,5 +344,5 @@ def test_index_round_trip(tmp_path):
         order = np.argsort(ref[r])[:3]
         assert [x["index"] for x in h] == order.tolist()
         np.testing.assert_allclose([x["distance"] for x in h], ref[r][order], atol=1e-5)
-    with pytest.raises(FileNotFoundError, match="--build"):
+    with pytest.raises(FileNotFoundError, match="tools/search.py index"):
         RetrievalIndex.load(str(tmp_path / "missing"))

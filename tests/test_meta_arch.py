@@ -1,7 +1,7 @@
 """GLTrans meta-architecture and the shipped configs, at tiny sizes on CPU.
 
 Most tests use a tiny fake backbone with the real backbone's contract (dict of K class tokens,
-K patch-token maps and the grid; ``embed_dim``, ``num_layers_out``, ``agg_layers``), registered
+K patch-token maps and the grid; ``output_spec()``), registered
 as ``build_fake_gltrans_backbone``; the last tests run the real ViT backbone (tiny).
 """
 
@@ -37,7 +37,7 @@ class FakeBackbone(nn.Module):
         super().__init__()
         self.embed_dim, self.depth = embed_dim, depth
         self.agg_layers = sorted(i % depth for i in agg_layers)
-        self.num_layers_out = len(self.agg_layers)
+        self.patch, self.stride = patch, stride
         self.embed = nn.Conv2d(3, embed_dim, patch, stride)
         self.cls_token = nn.Parameter(torch.randn(1, 1, embed_dim) * 0.02)
         self.sie = nn.Parameter(torch.randn(num_cameras, embed_dim) * 0.02)
@@ -47,6 +47,14 @@ class FakeBackbone(nn.Module):
         )
         self.cls_norms = nn.ModuleList(nn.LayerNorm(embed_dim) for _ in self.agg_layers)
         self.calls = []
+
+    def output_spec(self):
+        from gltrans_plugin.modeling.backbone import BackboneSpec
+        from gltrans_plugin.modeling.ptl import default_num_heads
+
+        return BackboneSpec(self.embed_dim, default_num_heads(self.embed_dim),
+                            tuple(i + 1 for i in self.agg_layers), self.patch,
+                            tuple(self.stride), (0, 0))
 
     def forward(self, x, camids=None, viewids=None):
         self.calls.append({"images": x.detach().clone(), "camids": camids, "viewids": viewids})

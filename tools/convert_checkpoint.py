@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Convert a TransReID-trained ViT or an authors'-released-GLTrans checkpoint into a fast-reid
+r"""Convert a TransReID-trained ViT or an authors'-released-GLTrans checkpoint into a fast-reid
 checkpoint of this plugin's model (load it with MODEL.WEIGHTS).
 
     # (a) TransReID ViT (base.*, bottleneck, classifier) -> backbone (+ the ViT baseline's neck)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""ONNX export: images (+ camera ids) -> test feature, dynamic batch, checked under onnxruntime.
+r"""ONNX export: images (+ camera ids) -> test feature, dynamic batch, checked under onnxruntime.
 
     python tools/export_onnx.py --config-file configs/GLTrans/synthetic_demo.yml \
         --weights logs/synthetic_demo/gltrans/model_final.pth --output gltrans.onnx \

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Model report: parameters and FLOPs per module (fvcore, fused attention counted) as a table.
+r"""Model report: parameters and FLOPs per module (fvcore, fused attention counted) as a table.
 
     python tools/model_report.py --config-file configs/GLTrans/msmt17.yml [--weights W.pth] \
         [--max-depth 3] [--batch 1] [--output report.md] [KEY VALUE ...]

@@ -3,9 +3,13 @@
 
     python tools/plot_training.py logs/synthetic_demo/gltrans --output docs/images/curves.png
 
-Reads OUTPUT_DIR/metrics.json (fast-reid's JSONWriter); evaluation results missing there are
-read from OUTPUT_DIR/log.txt.  Works for any fast-reid model (branch losses are whatever
-``loss_*`` keys the run logged).
+Reads OUTPUT_DIR/metrics.json (fast-reid's JSONWriter), where ``import gltrans_plugin`` puts
+every evaluation as ``<dataset>/<metric>`` (``Market1501/mAP``), for fast-reid's DefaultTrainer
+and the plugin's Trainer; for older runs without them, the evaluations are read from
+OUTPUT_DIR/log.txt.  Works for any fast-reid model (branch losses are whatever ``loss_*`` keys
+the run logged).  Prints a JSON summary: the losses, the number of logged iterations, "eval"
+(the first test set's values per metric), "accuracy" ({"<dataset>/<metric>": {"iterations",
+"values"}}) and "eval_source" (metrics.json | log.txt | null).
 """
 import argparse
 import json
@@ -37,7 +41,10 @@ def main(argv=None):
     plot_curves(curves, out, title=args.title or os.path.basename(os.path.normpath(run_dir)))
     summary = {"output": out, "losses": sorted(curves["losses"]),
                "iterations": len(curves["lr"][0]),
-               "eval": {k: v[1] for k, v in curves["eval"].items()}}
+               "eval": {k: v[1] for k, v in curves["eval"].items()},
+               "accuracy": {k: {"iterations": list(v[0]), "values": list(v[1])}
+                            for k, v in sorted(curves["accuracy"].items())},
+               "eval_source": curves["eval_source"]}
     print(json.dumps(summary, indent=1))
     return summary
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Where the model looks: GMA scores, patch-token maps of the aggregated layers and a Grad-CAM
+r"""Where the model looks: GMA scores, patch-token maps of the aggregated layers and a Grad-CAM
 style map of the final feature, overlaid on the images, as a PNG; ViT baseline and GLTrans side
 by side when both checkpoints are given.
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Ranked-list pictures: N queries and their top-k gallery images, green / red frames.
+r"""Ranked-list pictures: N queries and their top-k gallery images, green / red frames.
 
     python tools/visualize_ranking.py --config-file configs/GLTrans/synthetic_demo.yml \
         --weights logs/synthetic_demo/gltrans/model_final.pth --num-queries 6 --topk 8 \

@@ -26,17 +26,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..modeling.backbone import GLTransViT
+from ..modeling.gma import GMA
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["analyse", "draw_attention", "load_images"]
 
 
-def _backbone(model: nn.Module) -> nn.Module:
+def _backbone(model: nn.Module) -> GLTransViT:
     bb = getattr(model, "backbone", None)
-    if bb is None or not hasattr(bb, "blocks") or not hasattr(bb, "agg_layers"):
-        raise ValueError(f"{type(model).__name__} has no GLTrans ViT backbone (with `blocks` and "
-                         f"`agg_layers`); attention maps need MODEL.BACKBONE.NAME "
-                         f"build_gltrans_backbone or build_gltrans_vit_backbone.")
+    if not isinstance(bb, GLTransViT):
+        raise ValueError(f"{type(model).__name__} has no GLTrans ViT backbone; attention maps "
+                         f"need MODEL.BACKBONE.NAME build_gltrans_backbone or "
+                         f"build_gltrans_vit_backbone.")
     return bb
 
 
@@ -57,7 +60,8 @@ def analyse(model: nn.Module, images: torch.Tensor, camids: Optional[torch.Tenso
     model.eval()
     bb = _backbone(model)
     device = next(model.parameters()).device
-    grid = tuple(bb.patch_embed.grid(images.shape[-2:]))
+    spec = bb.output_spec()
+    grid = spec.grid_of(images.shape[-2:])
     hg, wg = grid
     store: Dict[str, object] = {"blocks": {}}
     handles = []
@@ -79,7 +83,7 @@ def analyse(model: nn.Module, images: torch.Tensor, camids: Optional[torch.Tenso
     for i in bb.agg_layers:
         handles.append(bb.blocks[i].register_forward_hook(block_out(i)))
     handles.append(bb.blocks[-1].register_forward_pre_hook(last_in))
-    gma = getattr(getattr(getattr(model, "heads", None), "lmf", None), "gma", None)
+    gma = next((m for m in model.modules() if isinstance(m, GMA)), None)
     if gma is not None:
         handles.append(gma.register_forward_hook(gma_hook))
     try:
@@ -103,7 +107,7 @@ def analyse(model: nn.Module, images: torch.Tensor, camids: Optional[torch.Tenso
     cam = F.relu((acts * weights).sum(-1)).reshape(b, hg, wg)  # B x Hg x Wg
     tokens = torch.stack([store["blocks"][i].norm(dim=-1).reshape(b, hg, wg)
                           for i in bb.agg_layers])       # K x B x Hg x Wg
-    out = {"grid": grid, "layers": [i + 1 for i in bb.agg_layers],
+    out = {"grid": grid, "layers": list(spec.layer_numbers),
            "token_maps": _norm01(tokens).cpu(), "gradcam": _norm01(cam).cpu(),
            "feature": feat.detach().cpu(), "gma": None}
     if "gma" in store:

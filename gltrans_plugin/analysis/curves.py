@@ -1,10 +1,13 @@
-"""Training curves from a fast-reid run folder: per-branch losses, learning rate, mAP / Rank-1.
+"""Training curves from a fast-reid run folder: per-branch losses, learning rate, accuracy.
 
 fast-reid's ``JSONWriter`` writes one JSON object per logged iteration to ``metrics.json``
-(``iteration``, ``total_loss``, ``loss_*``, ``lr``, ...).  Evaluation results are put into the
-same storage at the epoch's last iteration, which the writer has usually written already, so they
-are often missing from ``metrics.json``; they are then read from ``log.txt``'s
-"Evaluation results in csv format" tables (at the iteration of the preceding log line).
+(``iteration``, ``total_loss``, ``loss_*``, ``lr``, ...).  With ``import gltrans_plugin`` every
+evaluation is in it too, as ``<dataset>/<metric>`` (``Market1501/mAP``) at the iteration it
+followed (compat fixes ``eval_results_per_dataset`` / ``eval_results_written``; for fast-reid's
+DefaultTrainer and the plugin's Trainer alike).  Older runs have bare ``mAP`` keys (one test set)
+or no accuracy at all (fast-reid wrote the epoch's last iteration before the evaluation put its
+results); for those the accuracy is read from ``log.txt``'s "Evaluation results in csv format"
+tables (at the iteration of the preceding log line).
 """
 import json
 import logging
@@ -66,9 +69,20 @@ def read_eval_from_log(path: str) -> List[Dict]:
     return out
 
 
+def _accuracy_key(key: str) -> Optional[str]:
+    """``key`` if it is an accuracy scalar (``<dataset>/<metric>``, or a bare ``<metric>`` of an
+    older run), else None (losses, ``health/<branch>/<stat>`` ...)."""
+    name = key.rsplit("/", 1)[-1]
+    if name not in _EVAL_KEYS or key.startswith("health/"):
+        return None
+    return key
+
+
 def training_curves(run_dir_or_metrics: str) -> Dict:
-    """{"iteration": [...], "losses": {key: (iters, values)}, "lr": (iters, values),
-    "eval": {"mAP": (iters, values), "Rank-1": (...)}} from a run folder or a metrics.json."""
+    """{"losses": {key: (iters, values)}, "lr": (iters, values),
+    "accuracy": {"<dataset>/<metric>": (iters, values)}, "eval": {"mAP": (iters, values),
+    "Rank-1": ...} (the first test set's), "eval_source": "metrics.json" | "log.txt" | None}
+    from a run folder or a metrics.json."""
     path = run_dir_or_metrics
     run_dir = os.path.dirname(path) if path.endswith(".json") else path
     metrics = path if path.endswith(".json") else os.path.join(path, "metrics.json")
@@ -77,7 +91,7 @@ def training_curves(run_dir_or_metrics: str) -> Dict:
                                 f"or the metrics.json file itself.")
     rows = read_metrics(metrics)
     losses: Dict[str, tuple] = {}
-    lr, evals = ([], []), {}
+    lr, accuracy = ([], []), {}
     for r in rows:
         it = r.get("iteration")
         if it is None:
@@ -90,21 +104,36 @@ def training_curves(run_dir_or_metrics: str) -> Dict:
             elif k == "lr":
                 lr[0].append(it)
                 lr[1].append(float(v))
-            else:
-                name = k.split("/")[-1]
-                if name in _EVAL_KEYS:
-                    evals.setdefault(name, ([], []))
-                    evals[name][0].append(it)
-                    evals[name][1].append(float(v))
+            elif _accuracy_key(k):
+                accuracy.setdefault(k, ([], []))
+                accuracy[k][0].append(it)
+                accuracy[k][1].append(float(v))
+    source = "metrics.json" if accuracy else None
     log = os.path.join(run_dir, "log.txt")
-    if not evals and os.path.isfile(log):
+    if not accuracy and os.path.isfile(log):
         for r in read_eval_from_log(log):
             for k in _EVAL_KEYS:
                 if k in r:
-                    evals.setdefault(k, ([], []))
-                    evals[k][0].append(r["iteration"])
-                    evals[k][1].append(r[k])
-    return {"losses": losses, "lr": lr, "eval": evals}
+                    key = f"{r['dataset']}/{k}" if r.get("dataset") else k
+                    accuracy.setdefault(key, ([], []))
+                    accuracy[key][0].append(r["iteration"])
+                    accuracy[key][1].append(r[k])
+        source = "log.txt" if accuracy else None
+    for v in accuracy.values():  # by iteration (a before-training row may come late in a file)
+        order = sorted(range(len(v[0])), key=v[0].__getitem__)
+        v[0][:], v[1][:] = [v[0][i] for i in order], [v[1][i] for i in order]
+    sets = _by_dataset(accuracy)
+    return {"losses": losses, "lr": lr, "accuracy": accuracy,
+            "eval": next(iter(sets.values())) if sets else {}, "eval_source": source}
+
+
+def _by_dataset(accuracy: Dict) -> Dict[str, Dict]:
+    """{dataset ("" for bare keys): {metric: (iters, values)}}, in the order first seen."""
+    out: Dict[str, Dict] = {}
+    for key, v in accuracy.items():
+        dataset, _, metric = key.rpartition("/")
+        out.setdefault(dataset, {})[metric] = v
+    return out
 
 
 def _branch_groups(losses: Dict) -> Dict[str, Dict]:
@@ -144,11 +173,15 @@ def plot_curves(curves: Dict, out_path: str, title: Optional[str] = None) -> str
     ax.set_title("learning rate")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax = axes[-1]
-    for k, style in (("mAP", "o-"), ("Rank-1", "s--")):
-        if k in curves["eval"]:
-            ax.plot(*curves["eval"][k], style, label=k)
+    acc = curves.get("accuracy")
+    sets = _by_dataset(acc) if acc else ({"": curves["eval"]} if curves["eval"] else {})
+    for dataset, metrics in sets.items():
+        for k, style in (("mAP", "o-"), ("Rank-1", "s--"), ("mINP", "^:")):
+            if k in metrics:
+                label = f"{dataset} {k}" if len(sets) > 1 else k
+                ax.plot(*metrics[k], style, label=label)
     ax.set_title("evaluation (%)")
-    if curves["eval"]:
+    if sets:
         ax.legend(fontsize=7)
     else:
         ax.text(0.5, 0.5, "no evaluation logged", ha="center", va="center",

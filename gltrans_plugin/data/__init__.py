@@ -1,13 +1,22 @@
-"""Data: the datasets registered into fast-reid, the built-in synthetic set, and the image
-sets, samplers and dataset building the trainer uses."""
+"""Data: the datasets registered into fast-reid (your own data in ``folder.py``), the built-in
+synthetic set, and the image sets, samplers and dataset building the trainer uses."""
 from . import images, synthetic  # noqa: F401  (images registers its compat fix)
 from .datasets import (  # noqa: F401  (importing registers the datasets)
+    CameraLayout,
     MSMT17TrainVal,
     SyntheticReID,
     camera_index,
     camera_indices,
     check_dataset_root,
     synthetic_kwargs,
+    unseen_camera,
 )
-from .build import build_dataset, clear_dataset_cache, dataset_root  # noqa: F401
+from .folder import ReIDFolder, ReIDFolder2, folder_kwargs  # noqa: F401  (registers them)
+from .build import (  # noqa: F401
+    build_dataset,
+    camera_layout,
+    clear_dataset_cache,
+    dataset_root,
+    test_camera_map,
+)
 from .synthetic import generate_synthetic_reid  # noqa: F401

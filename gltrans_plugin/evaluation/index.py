@@ -2,7 +2,8 @@
 
 Model-agnostic: :func:`extract_features` runs any model that maps a fast-reid batch dict to
 B x D features; :class:`RetrievalIndex` only sees features, paths and ids.  Distances are the
-evaluator's (cosine: ``1 - cos``; euclidean: squared L2), smallest first.
+evaluator's (cosine: ``1 - cos``; euclidean: squared L2), smallest first.  A saved index keeps
+its paths, identity and camera ids, and an ``info`` dict (how its features were made).
 """
 import json
 import logging
@@ -43,9 +44,12 @@ def extract_features(model, data_loader, flip_test: bool = False, progress: bool
 
 
 class RetrievalIndex:
-    """Exact (flat) faiss index of gallery features with their paths / ids."""
+    """Exact (flat) faiss index of gallery features with their paths / ids.
 
-    def __init__(self, dim: int, metric: str = "cosine"):
+    ``info``: a JSON-serialisable dict saved with the index (e.g. the model and the feature
+    settings its features came from), for whoever queries it later."""
+
+    def __init__(self, dim: int, metric: str = "cosine", info: Optional[dict] = None):
         import faiss
 
         if metric not in ("cosine", "euclidean"):
@@ -56,6 +60,7 @@ class RetrievalIndex:
         self.paths: List[str] = []
         self.pids = np.zeros(0, dtype=np.int64)
         self.camids = np.zeros(0, dtype=np.int64)
+        self.info = dict(info or {})
 
     def _prep(self, feats) -> np.ndarray:
         feats = torch.as_tensor(feats, dtype=torch.float32)
@@ -68,6 +73,9 @@ class RetrievalIndex:
     def add(self, feats, paths: Optional[Sequence[str]] = None, pids=None, camids=None):
         x = self._prep(feats)
         n = len(x)
+        for name, ids in (("paths", paths), ("pids", pids), ("camids", camids)):
+            if ids is not None and len(ids) != n:
+                raise ValueError(f"{len(ids)} {name} for {n} features; give one per feature.")
         self.index.add(x)
         self.paths += list(paths) if paths is not None else [""] * n
         self.pids = np.concatenate([self.pids, np.asarray(pids if pids is not None
@@ -98,7 +106,8 @@ class RetrievalIndex:
         faiss.write_index(self.index, os.path.join(folder, "index.faiss"))
         with open(os.path.join(folder, "meta.json"), "w") as f:
             json.dump({"metric": self.metric, "dim": self.dim, "paths": self.paths,
-                       "pids": self.pids.tolist(), "camids": self.camids.tolist()}, f)
+                       "pids": self.pids.tolist(), "camids": self.camids.tolist(),
+                       "info": self.info}, f)
         logger.info("saved a %d-item index to %s", len(self), folder)
 
     @classmethod
@@ -107,11 +116,16 @@ class RetrievalIndex:
 
         meta_path = os.path.join(folder, "meta.json")
         if not os.path.exists(meta_path):
-            raise FileNotFoundError(f"{meta_path} not found; build the index with --build first")
+            raise FileNotFoundError(f"{meta_path} not found: no saved index there; build one with "
+                                    f"tools/search.py index --gallery DIR --index-dir FOLDER")
         with open(meta_path) as f:
             meta = json.load(f)
-        obj = cls(meta["dim"], meta["metric"])
-        obj.index = faiss.read_index(os.path.join(folder, "index.faiss"))
+        index_path = os.path.join(folder, "index.faiss")
+        if not os.path.exists(index_path):
+            raise FileNotFoundError(f"{index_path} not found next to {meta_path}: the index was "
+                                    f"not saved completely; build and save it again")
+        obj = cls(meta["dim"], meta["metric"], meta.get("info"))
+        obj.index = faiss.read_index(index_path)
         obj.paths = meta["paths"]
         obj.pids = np.asarray(meta["pids"], dtype=np.int64)
         obj.camids = np.asarray(meta["camids"], dtype=np.int64)

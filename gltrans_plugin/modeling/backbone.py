@@ -26,14 +26,19 @@ Speed switches: ``grad_checkpoint`` (MODEL.BACKBONE.GRAD_CHECKPOINT) recomputes 
 the backward pass instead of storing its activations; ``attn_impl`` (MODEL.ATTN_IMPL) and
 ``compile_blocks`` (MODEL.COMPILE) as described in ``attention_impl.py``.
 
+The output is a ``BackboneOutput`` (``cls``, ``patches``, ``grid``), and ``output_spec()`` a
+``BackboneSpec`` (embed dim, heads, aggregated layer numbers, patch / stride, grid): heads,
+export, attention maps and the distiller read those.
+
 SIE ids: ``camids`` / ``viewids`` are LongTensors of shape B (or None).
-    * ids None -> no SIE term at all (export, an unseen camera); logged once at debug level.
-    * an id outside [0, table size) -> ValueError when ``strict_ids`` (MODEL.GLTRANS.STRICT_CAMIDS),
-      otherwise that sample gets no SIE term.
+    * ids None, or -1 (not known) -> ``sie_unseen`` (MODEL.BACKBONE.SIE_UNSEEN): "error", "none"
+      (no SIE term) or "mean" (the mean of the learned table); a warning once per model.
+    * a given id outside [0, table size) -> ValueError when ``strict_ids``
+      (MODEL.GLTRANS.STRICT_CAMIDS), otherwise treated as not known.
 """
 import logging
 from functools import partial
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from fastreid.config import configurable
@@ -51,18 +56,58 @@ logger = logging.getLogger(__name__)
 _ln = partial(nn.LayerNorm, eps=1e-6)  # timm / TransReID ViT LayerNorm
 
 __all__ = [
+    "SIE_UNSEEN_POLICIES",
     "VIT_SIZES",
+    "BackboneOutput",
+    "BackboneSpec",
     "GLTransViT",
     "GLTransViTFeatureMap",
     "OverlapPatchEmbed",
     "build_gltrans_backbone",
     "build_gltrans_vit_backbone",
     "patch_grid",
+    "spec_from_config",
 ]
 
 # name -> (embed_dim, num_heads); depth is 12 for all.
 VIT_SIZES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}
 VIT_DEPTH = 12
+# What an image without a usable camera id (none given, -1, or outside the SIE table) gets at
+# test time (MODEL.BACKBONE.SIE_UNSEEN): an error, no SIE term, or the mean camera embedding.
+SIE_UNSEEN_POLICIES = ("error", "none", "mean")
+
+
+class BackboneSpec(NamedTuple):
+    """What the GLTrans backbone hands its consumers (heads, export, attention maps): read it
+    from ``backbone.output_spec()`` instead of probing attributes."""
+    embed_dim: int                     # D
+    num_heads: int                     # attention heads of the ViT blocks
+    layer_numbers: Tuple[int, ...]     # 1-based depth of each aggregated layer (K of them)
+    patch_size: int
+    stride_size: Tuple[int, int]
+    grid: Tuple[int, int]              # (Hg, Wg) of the built image size
+    sie_rows: int = 0                  # rows of the SIE table (0: no SIE; ids are not used)
+
+    def grid_of(self, img_size) -> Tuple[int, int]:
+        """(Hg, Wg) of an H x W input."""
+        return patch_grid(img_size, self.patch_size, self.stride_size)
+
+
+class BackboneOutput(NamedTuple):
+    """The GLTrans backbone's forward output; ``out["cls"]`` reads like ``out.cls``."""
+    cls: List[torch.Tensor]      # K x [B x D], each after its LayerNorm
+    patches: List[torch.Tensor]  # K x [B x N x D]
+    grid: Tuple[int, int]        # (Hg, Wg)
+
+    def __getitem__(self, key):
+        return getattr(self, key) if isinstance(key, str) else tuple.__getitem__(self, key)
+
+    @classmethod
+    def of(cls, features) -> "BackboneOutput":
+        """A ``BackboneOutput`` from itself or a {"cls", "patches", "grid"} mapping."""
+        if isinstance(features, cls):
+            return features
+        return cls(features["cls"], features["patches"], tuple(features["grid"]))
 
 
 def _pair(v) -> Tuple[int, int]:
@@ -167,6 +212,7 @@ class GLTransViT(nn.Module):
         sie_coe: float = 3.0,
         agg_layers: Sequence[int] = (-3, -2, -1),
         strict_ids: bool = True,
+        sie_unseen: str = "mean",
         grad_checkpoint: bool = False,
         attn_impl: str = "auto",
         compile_blocks: bool = False,
@@ -202,6 +248,11 @@ class GLTransViT(nn.Module):
         self.num_cameras, self.num_views = int(num_cameras), int(num_views)
         self.sie_coe = float(sie_coe)
         self.strict_ids = bool(strict_ids)
+        if sie_unseen not in SIE_UNSEEN_POLICIES:
+            raise ValueError(f"MODEL.BACKBONE.SIE_UNSEEN={sie_unseen!r} is not one of "
+                             f"{SIE_UNSEEN_POLICIES}.")
+        self.sie_unseen = sie_unseen
+        self.patch_size, self.stride_size = int(patch_size), _pair(stride_size)
         if self.sie_camera and self.num_cameras <= 0:
             raise ValueError(
                 f"SIE on cameras needs the number of cameras, got {num_cameras}. Set "
@@ -260,6 +311,7 @@ class GLTransViT(nn.Module):
             "sie_coe": float(bb.SIE_COE),
             "agg_layers": tuple(cfg.MODEL.GLTRANS.AGG_LAYERS),
             "strict_ids": bool(cfg.MODEL.GLTRANS.STRICT_CAMIDS),
+            "sie_unseen": str(bb.SIE_UNSEEN),
             "grad_checkpoint": bool(bb.GRAD_CHECKPOINT),
             "attn_impl": str(cfg.MODEL.ATTN_IMPL),
             "compile_blocks": bool(cfg.MODEL.COMPILE),
@@ -291,46 +343,83 @@ class GLTransViT(nn.Module):
         return tuple(i + 1 for i in self.agg_layers)
 
     # ------------------------------------------------------------------ SIE
-    def _check_ids(self, ids: torch.Tensor, size: int, what: str, key: str) -> torch.Tensor:
-        """Boolean mask (B) of valid ids; raises ValueError on an invalid id when strict."""
-        valid = (ids >= 0) & (ids < size)
-        if self.strict_ids and not bool(valid.all()):
-            bad = ids[~valid].unique().tolist()
+    def _check_ids(self, ids: torch.Tensor, size: int, what: str, key: str):
+        """(given, valid) boolean masks (B): an id < 0 is "not given"; a given id outside
+        [0, size) raises ValueError when strict (not while tracing: traced graphs hold no
+        Python checks; such an id then gets the unseen policy)."""
+        given = ids >= 0
+        valid = given & (ids < size)
+        if self.strict_ids and not torch.jit.is_tracing() and not bool((valid | ~given).all()):
+            bad = ids[given & ~valid].unique().tolist()
             raise ValueError(
                 f"{what} id(s) {bad} outside the SIE table of size {size} "
                 f"(valid ids 0..{size - 1}). Set {key} to the number of {what}s in the data "
-                f"(ids must be 0-based and consistent between training and test), or "
-                f"MODEL.GLTRANS.STRICT_CAMIDS False to give such samples no SIE term.")
-        return valid
+                f"(ids must be 0-based and consistent between training and test), give -1 for "
+                f"an unknown {what} (MODEL.BACKBONE.SIE_UNSEEN says what it gets), or "
+                f"MODEL.GLTRANS.STRICT_CAMIDS False to treat such ids as unknown.")
+        return given, valid
+
+    def _unseen(self, batch: int, what: str):
+        """The policy for images without a usable id: B x D rows and a weight (B), or an error."""
+        if self.sie_unseen == "error":
+            raise ValueError(
+                f"SIE: images without a {what} id (none given, -1, or an unknown id) and "
+                f"MODEL.BACKBONE.SIE_UNSEEN 'error': give their {what} ids, or set SIE_UNSEEN "
+                f"'mean' (the mean learned {what} embedding) or 'none' (no SIE term).")
+        if not self._logged_no_sie and not torch.jit.is_tracing():
+            logger.warning("SIE: features asked for images without a %s id: they get %s "
+                           "(MODEL.BACKBONE.SIE_UNSEEN %r). Give the ids where known.", what,
+                           "the mean camera embedding" if self.sie_unseen == "mean"
+                           else "no SIE term", self.sie_unseen)
+            self._logged_no_sie = True
+        return self.sie_unseen == "mean"
 
     def _sie(self, camids, viewids, batch: int, device) -> Optional[torch.Tensor]:
-        """SIE term sie_coe * table[index], B x 1 x D, or None when no SIE applies."""
+        """SIE term sie_coe * table[index], B x 1 x D (rows of images without a usable id follow
+        ``sie_unseen``: the mean of the table, or zero), or None when no SIE applies.  Out of
+        place throughout, so the same code traces for ONNX export."""
         if self.sie_embed is None:
             return None
-        need_cam, need_view = self.sie_camera, self.sie_view
-        if (need_cam and camids is None) or (need_view and viewids is None):
-            if not self._logged_no_sie:
-                logger.debug("SIE: forward without %s ids -> no SIE term is added.",
-                             "camera" if need_cam and camids is None else "view")
-                self._logged_no_sie = True
-            return None
+        missing = [w for use, ids, w in ((self.sie_camera, camids, "camera"),
+                                          (self.sie_view, viewids, "view"))
+                   if use and ids is None]
+        if missing:  # the whole batch without ids: no per-sample arithmetic (dynamic batch)
+            use_mean = (self.sie_unseen == "mean" if torch.jit.is_tracing()
+                        else self._unseen(batch, missing[0]))
+            if not use_mean:
+                return None
+            return self.sie_coe * self.sie_embed.mean(0).view(1, 1, -1)  # 1 x 1 x D
+        parts = []  # (ids B, size, what, key)
+        for use, ids, size, what, key in (
+                (self.sie_camera, camids, self.num_cameras, "camera",
+                 "MODEL.BACKBONE.NUM_CAMERAS"),
+                (self.sie_view, viewids, self.num_views, "view", "MODEL.BACKBONE.NUM_VIEWS")):
+            if not use:
+                continue
+            ids = torch.as_tensor(ids, device=device).long().reshape(-1)
+            if ids.numel() != batch:
+                raise ValueError(f"got {ids.numel()} {what} ids for a batch of {batch} images.")
+            parts.append((ids, size, what, key))
         index = torch.zeros(batch, dtype=torch.long, device=device)
         valid = torch.ones(batch, dtype=torch.bool, device=device)
-        if need_cam:
-            cam = torch.as_tensor(camids, device=device).long().reshape(-1)
-            if cam.numel() != batch:
-                raise ValueError(f"got {cam.numel()} camera ids for a batch of {batch} images.")
-            valid &= self._check_ids(cam, self.num_cameras, "camera", "MODEL.BACKBONE.NUM_CAMERAS")
-            index = cam
-        if need_view:
-            view = torch.as_tensor(viewids, device=device).long().reshape(-1)
-            if view.numel() != batch:
-                raise ValueError(f"got {view.numel()} view ids for a batch of {batch} images.")
-            valid &= self._check_ids(view, self.num_views, "view", "MODEL.BACKBONE.NUM_VIEWS")
-            index = index * self.num_views + view if need_cam else view
-        index = torch.where(valid, index, torch.zeros_like(index))
-        sie = self.sie_embed[index] * valid.unsqueeze(1).to(self.sie_embed.dtype)  # B x D
-        return self.sie_coe * sie.unsqueeze(1)  # B x 1 x D
+        for ids, size, what, key in parts:
+            _, ok = self._check_ids(ids, size, what, key)
+            valid = valid & ok
+            index = index * size + torch.where(ok, ids, torch.zeros_like(ids))
+        table = self.sie_embed                                       # T x D
+        sie = table[index] * valid.unsqueeze(1).to(table.dtype)      # B x D
+        tracing = torch.jit.is_tracing()
+        if tracing:  # no Python checks in a graph: the policy is applied as arithmetic
+            use_mean = self.sie_unseen == "mean"
+        elif bool(valid.all()):
+            use_mean = False
+        else:
+            what = next(w for ids, size, w, _ in parts
+                        if not bool(((ids >= 0) & (ids < size)).all()))
+            use_mean = self._unseen(batch, what)
+        if use_mean:  # rows without a usable id: the mean of the learned table
+            sie = sie + (~valid).unsqueeze(1).to(table.dtype) * table.mean(0, keepdim=True)
+        return self.sie_coe * sie.unsqueeze(1)                       # B x 1 x D
 
     # ------------------------------------------------------------------ forward
     def _pos_embed(self, grid: Tuple[int, int]) -> torch.Tensor:
@@ -374,13 +463,19 @@ class GLTransViT(nn.Module):
                 outs.append(x)
         return outs
 
-    def forward(self, x: torch.Tensor, camids=None, viewids=None) -> Dict[str, object]:
-        """x: B x C x H x W -> {"cls": K x [B x D], "patches": K x [B x N x D],
-        "grid": (Hg, Wg)}."""
+    def output_spec(self) -> BackboneSpec:
+        """Dimensions, heads, aggregated layers and grid of this backbone's output."""
+        rows = 0 if self.sie_embed is None else int(self.sie_embed.shape[0])
+        return BackboneSpec(self.embed_dim, self.num_heads, self.layer_numbers, self.patch_size,
+                            self.stride_size, tuple(self.grid_size), rows)
+
+    def forward(self, x: torch.Tensor, camids=None, viewids=None) -> BackboneOutput:
+        """x: B x C x H x W -> BackboneOutput(cls K x [B x D], patches K x [B x N x D],
+        grid (Hg, Wg))."""
         outs, grid = self._tokens(x, camids, viewids)
         cls = [norm(t[:, 0]) for norm, t in zip(self.cls_norms, outs)]  # K x [B x D]
         patches = [t[:, 1:] for t in outs]                             # K x [B x N x D]
-        return {"cls": cls, "patches": patches, "grid": tuple(grid)}
+        return BackboneOutput(cls, patches, tuple(grid))
 
     def forward_features(self, x: torch.Tensor, camids=None, viewids=None) -> torch.Tensor:
         """Last aggregated layer's class token after its LayerNorm: B x D."""
@@ -394,6 +489,15 @@ class GLTransViTFeatureMap(GLTransViT):
 
     def forward(self, x: torch.Tensor, camids=None, viewids=None) -> torch.Tensor:
         return self.forward_features(x, camids, viewids)[..., None, None]  # B x D x 1 x 1
+
+
+def spec_from_config(cfg) -> BackboneSpec:
+    """The ``BackboneSpec`` the GLTrans backbone of ``cfg`` would publish, without building it."""
+    a = GLTransViT.from_config(cfg)
+    layers = _normalise_layers(a["agg_layers"], a["depth"])
+    grid = patch_grid(a["img_size"], a["patch_size"], a["stride_size"])
+    return BackboneSpec(a["embed_dim"], a["num_heads"], tuple(i + 1 for i in layers),
+                        a["patch_size"], _pair(a["stride_size"]), grid)
 
 
 def _maybe_load_pretrained(cfg, model: nn.Module) -> nn.Module:

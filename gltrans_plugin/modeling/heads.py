@@ -26,6 +26,7 @@ from fastreid.config import configurable
 from fastreid.modeling.heads import REID_HEADS_REGISTRY
 from torch import nn
 
+from .backbone import BackboneOutput, BackboneSpec, spec_from_config
 from .gae import GAE
 from .gma import GMA
 from .ptf import PTF
@@ -133,11 +134,6 @@ class LMF(nn.Module):
         if self.gma is not None:
             tokens = self.gma(f_g, tokens)  # B x N x D
         return self.ptl(tokens, grid, cls_tokens)  # B x PD
-
-
-def grid_rows(height: int, patch: int, stride: int) -> int:
-    """Patch-grid rows of an image of ``height`` pixels (SPEC 1: (H - 16)//S + 1)."""
-    return (height - patch) // stride + 1
 
 
 @REID_HEADS_REGISTRY.register()
@@ -248,23 +244,27 @@ class GLTransHead(nn.Module):
     def from_config(
         cls,
         cfg,
+        spec: Optional[BackboneSpec] = None,
         embed_dim: Optional[int] = None,
         layer_numbers: Optional[Sequence[int]] = None,
         num_heads: Optional[int] = None,
     ):
+        """``spec``: the backbone's ``output_spec()`` (the meta-architecture passes it); built
+        from the registry alone, the GLTrans backbone's spec from the config.  ``embed_dim``,
+        ``layer_numbers``, ``num_heads`` override the spec's (tests, converters)."""
         g = cfg.MODEL.GLTRANS
-        if embed_dim is None:  # built from the registry alone: trust the config
-            embed_dim = cfg.MODEL.BACKBONE.FEAT_DIM
-        if layer_numbers is None:
-            layer_numbers = list(range(1, len(g.AGG_LAYERS) + 1))
+        if spec is None:
+            spec = spec_from_config(cfg)
+        embed_dim = spec.embed_dim if embed_dim is None else embed_dim
+        layer_numbers = list(spec.layer_numbers if layer_numbers is None else layer_numbers)
+        num_heads = spec.num_heads if num_heads is None else num_heads
         k = len(layer_numbers)
         gae = GAE(cfg, embed_dim=embed_dim, num_layers=k) if g.GAE.ENABLED else None
         lmf = None
         if g.LOCAL.ENABLED:
             # fail at build time, not at the first batch, when P exceeds the grid rows
-            patch, stride = cfg.MODEL.BACKBONE.PATCH_SIZE, cfg.MODEL.BACKBONE.STRIDE_SIZE[0]
             for size in (cfg.INPUT.SIZE_TRAIN, cfg.INPUT.SIZE_TEST):
-                stripe_sizes(grid_rows(size[0], patch, stride), g.PTL.NUM_PARTS)
+                stripe_sizes(spec.grid_of(size)[0], g.PTL.NUM_PARTS)
             lmf = LMF(
                 cfg,
                 embed_dim=embed_dim,
@@ -286,7 +286,7 @@ class GLTransHead(nn.Module):
 
     def branch_features(self, features: Dict) -> Dict[str, torch.Tensor]:
         """Backbone dict -> {name: B x dim} for global/local (when built) and every cls<l>."""
-        cls_tokens, patches, grid = features["cls"], features["patches"], features["grid"]
+        cls_tokens, patches, grid = BackboneOutput.of(features)
         if len(cls_tokens) != len(self.cls_names):
             raise ValueError(
                 f"The head was built for {len(self.cls_names)} aggregated layers, "

@@ -4,7 +4,8 @@ Shape letters: B batch, 3 x H x W images, D embed dim, P parts, C identities.
 
     batched_inputs {"images": B x 3 x H x W (0..255), "targets": B, "camids": B, ["viewids": B]}
     -> backbone(images_normalised, camids, viewids)
-       {"cls": K x (B x D), "patches": K x (B x N x D), "grid": (Hg, Wg)}
+       BackboneOutput(cls K x (B x D), patches K x (B x N x D), grid (Hg, Wg)); the head is
+       sized from ``backbone.output_spec()``
     -> GLTransHead
        training: {"loss_ce_<branch>": scalar, "loss_triplet_<branch>": scalar}
        eval:     test feature B x (P+2)D  (concat of MODEL.GLTRANS.TEST_BRANCHES)
@@ -14,7 +15,7 @@ as it was, so flip-test does not normalise twice) and hands the ids to the backb
 """
 
 import logging
-from typing import List, Optional, Sequence
+from typing import Optional
 
 import torch
 from fastreid.config import configurable
@@ -27,35 +28,6 @@ from .heads import GLTransHead
 from .losses import MultiBranchLoss, log_branch_accuracy, log_branch_health
 
 logger = logging.getLogger(__name__)
-
-
-def aggregated_layer_numbers(backbone: nn.Module, agg_layers: Sequence[int]) -> List[int]:
-    """1-based layer numbers of the backbone's K outputs (they name the cls<l> branches).
-
-    In order of preference: ``backbone.layer_numbers`` (1-based); ``backbone.agg_layers``
-    (0-based block indices, in output order); AGG_LAYERS (python indices: -1 = last) mapped with
-    the backbone's ``depth``.
-    """
-    k = (
-        getattr(backbone, "num_layers_out", None)
-        or getattr(backbone, "num_agg", None)
-        or len(agg_layers)
-    )
-    numbers = getattr(backbone, "layer_numbers", None)
-    if numbers is None and getattr(backbone, "agg_layers", None) is not None:
-        numbers = [int(i) + 1 for i in backbone.agg_layers]
-    if numbers is None:
-        depth = getattr(backbone, "depth", None)
-        if not isinstance(depth, int):
-            raise ValueError(
-                "Cannot name the cls branches: the backbone exposes neither "
-                "`layer_numbers`, `agg_layers` nor its `depth`."
-            )
-        numbers = [(int(i) % depth) + 1 for i in agg_layers]
-    numbers = [int(n) for n in numbers]
-    if len(numbers) != k:
-        raise ValueError(f"The backbone returns {k} layers but names {len(numbers)}: {numbers}.")
-    return numbers
 
 
 @META_ARCH_REGISTRY.register()
@@ -92,13 +64,12 @@ class GLTrans(Baseline):
                 f"MODEL.HEADS.NAME is {cfg.MODEL.HEADS.NAME!r}: set it to "
                 f"'GLTransHead'."
             )
-        numbers = aggregated_layer_numbers(backbone, cfg.MODEL.GLTRANS.AGG_LAYERS)
-        heads = head_cls(
-            cfg,
-            embed_dim=backbone.embed_dim,
-            layer_numbers=numbers,
-            num_heads=getattr(backbone, "num_heads", None),
-        )
+        if not callable(getattr(backbone, "output_spec", None)):
+            raise ValueError(
+                f"MODEL.META_ARCHITECTURE 'GLTrans' needs a backbone that publishes its output "
+                f"(output_spec(), as build_gltrans_backbone's does); MODEL.BACKBONE.NAME is "
+                f"{cfg.MODEL.BACKBONE.NAME!r}.")
+        heads = head_cls(cfg, spec=backbone.output_spec())
         criterion = MultiBranchLoss(
             cfg,
             branches=heads.branch_names,
@@ -139,13 +110,28 @@ class GLTrans(Baseline):
             return None
         return torch.as_tensor(ids).to(self.device)
 
-    def forward(self, batched_inputs):
+    def backbone_features(self, batched_inputs):
+        """The backbone's output for a raw batch (normalised out of place, ids passed on)."""
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone(
-            images,
-            camids=self._ids(batched_inputs, "camids"),
-            viewids=self._ids(batched_inputs, "viewids"),
-        )
+        return self.backbone(images, camids=self._ids(batched_inputs, "camids"),
+                             viewids=self._ids(batched_inputs, "viewids"))
+
+    @torch.no_grad()
+    def class_logits(self, batched_inputs) -> torch.Tensor:
+        """B x C: the mean over the trained branches of classifier(BNNeck(feature)), in eval
+        mode (what a distillation teacher hands its student)."""
+        was_training = self.training
+        self.eval()
+        try:
+            heads = self.heads
+            branch = heads.branch_features(self.backbone_features(batched_inputs))
+            logits = [heads.necks[n](branch[n])[1] for n in heads.branch_names]  # each B x C
+        finally:
+            self.train(was_training)
+        return torch.stack(logits, 0).mean(0)
+
+    def forward(self, batched_inputs):
+        features = self.backbone_features(batched_inputs)
         if not self.training:
             return self.heads(features)  # B x feat_dim
         if not isinstance(batched_inputs, dict) or "targets" not in batched_inputs:

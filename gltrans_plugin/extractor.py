@@ -1,0 +1,334 @@
+"""Re-ID features of arbitrary images from a trained checkpoint: ``FeatureExtractor``.
+
+    from gltrans_plugin import FeatureExtractor
+
+    extract = FeatureExtractor("logs/run/config.yaml", "logs/run/model_final.pth")
+    feats = extract(["a.jpg", "b.jpg"], camids=[0, 2])       # 2 x D, L2-normalised, CPU
+    feats = extract(crops_from_opencv, bgr=True)              # H x W x 3 uint8 BGR arrays
+
+The images get exactly the test loader's preprocessing (fast-reid's ``read_image``, which the
+plugin makes return RGB, then ``build_transforms(cfg, is_train=False)``), so a file's feature
+equals the evaluator's feature of that file.  Any model ``engine.load_model`` builds works
+(GLTrans, fast-reid's ``Baseline``, ...).  Also here: the image listing, list-file reading and
+Market-style camera-id parsing the feature and search tools share.
+"""
+import logging
+import numbers
+import os
+import re
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .errors import CorruptImageError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FeatureExtractor", "IMAGE_EXTENSIONS", "camids_from_names", "list_images",
+           "per_image_ids", "read_image_list"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+CAMID_STYLES = ("market",)
+_MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
+
+_INPUT_TYPES = ("a file path, a PIL image, an H x W x 3 uint8 numpy array (RGB, or BGR with "
+                "bgr=True), a 3 x H x W / B x 3 x H x W float tensor of 0..255 values, or a "
+                "list of these")
+
+
+class FeatureExtractor:
+    """Features of images from a trained model (a config file + checkpoint).
+
+    ``config_file``: a run's ``OUTPUT_DIR/config.yaml`` or a leaf config; ``weights``: the
+    trained checkpoint (else the config's MODEL.WEIGHTS).  Class and camera-table sizes are
+    read from the checkpoint; the ImageNet file and the dataset folders are never read.
+    ``device``: "auto" (CUDA when present), "cpu", "cuda", "cuda:N".  ``batch_size`` images per
+    forward; ``amp``: autocast on CUDA (bf16 where supported, else fp16; SOLVER.AMP.DTYPE
+    chooses when set), ignored on CPU; ``flip_test``: mean with the horizontally flipped image's
+    feature (as TEST.FLIP.ENABLED in evaluation); ``normalize``: L2-normalise every feature;
+    ``bgr``: numpy arrays are BGR (OpenCV ``imread``, most trackers' crops) unless a call says
+    otherwise.  ``opts``: config overrides ``[KEY, VALUE, ...]``.
+
+    ``extractor(images, camids=None, viewids=None, bgr=None)`` -> N x D float32 CPU tensor.
+    """
+
+    def __init__(self, config_file, weights=None, device="auto", batch_size=64, amp=False,
+                 flip_test=False, normalize=True, bgr=False, opts=()):
+        from .engine import load_model
+
+        cfg, model = load_model(config_file, weights or None, list(opts), device)
+        self._setup(cfg, model, batch_size, amp, flip_test, normalize, bgr)
+
+    @classmethod
+    def from_model(cls, cfg, model, batch_size=64, amp=False, flip_test=False, normalize=True,
+                   bgr=False):
+        """An extractor around a model already built (``cfg`` is the config it was built
+        from; its INPUT.* give the preprocessing).  The model is put in eval mode."""
+        obj = cls.__new__(cls)
+        obj._setup(cfg, model, batch_size, amp, flip_test, normalize, bgr)
+        return obj
+
+    def _setup(self, cfg, model, batch_size, amp, flip_test, normalize, bgr):
+        from fastreid.data.transforms import build_transforms
+
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size={batch_size}: give a positive number of images per "
+                             f"forward pass.")
+        self.cfg = cfg
+        self.model = model.eval()
+        self.batch_size = int(batch_size)
+        self.amp = bool(amp)
+        self.flip_test = bool(flip_test)
+        self.normalize = bool(normalize)
+        self.bgr = bool(bgr)
+        self.transform = build_transforms(cfg, is_train=False)
+        param = next(iter(model.parameters()), None)
+        self.device = param.device if param is not None else torch.device(cfg.MODEL.DEVICE)
+        self._target_hw = _output_size(cfg)
+        if self.amp and self.device.type != "cuda":
+            logger.info("amp is for CUDA only: features are computed in float32 on %s.",
+                        self.device)
+
+    # ------------------------------------------------------------------ public
+    def __call__(self, images, camids=None, viewids=None, bgr=None, progress=False):
+        """N x D float32 CPU features of ``images``.
+
+        ``images``: one image or a list; each a file path (read as the test loader reads
+        it), a PIL image (any mode, converted to RGB), an H x W x 3 uint8 numpy array (RGB;
+        BGR when ``bgr`` is True, default: the extractor's ``bgr``; an N x H x W x 3 array is
+        N images), or a tensor of 0..255 values, 3 x H x W or B x 3 x H x W, RGB, as fast-reid
+        batches hold them (resized to INPUT.SIZE_TEST if it has another size).
+        ``camids`` / ``viewids``: None (not known: the model's SIE_UNSEEN policy applies), one
+        int for every image, or one per image (0-based; None or -1 where not known).
+        ``progress``: a tqdm bar over the batches.
+        """
+        bgr = self.bgr if bgr is None else bool(bgr)
+        items = _flatten(images)
+        n = len(items)
+        cams = per_image_ids(camids, n, "camids")
+        views = per_image_ids(viewids, n, "viewids")
+        starts = range(0, n, self.batch_size)
+        if progress:
+            from tqdm import tqdm
+
+            starts = tqdm(starts, desc="features", unit="batch", leave=False)
+        out = []
+        for s in starts:
+            e = min(n, s + self.batch_size)
+            batch = torch.stack([self._load(items[i], i, bgr) for i in range(s, e)])
+            inputs = {"images": batch.to(self.device)}
+            if cams is not None:
+                inputs["camids"] = cams[s:e].to(self.device)
+            if views is not None:
+                inputs["viewids"] = views[s:e].to(self.device)
+            out.append(self._forward(inputs))
+        feats = torch.cat(out)
+        return F.normalize(feats, dim=1) if self.normalize else feats
+
+    def preprocess(self, image, bgr=None):
+        """One image (any input form of ``__call__``) -> the 3 x H x W float tensor (0..255)
+        the model gets."""
+        items = _flatten(image)
+        if len(items) != 1:
+            raise ValueError(f"preprocess takes one image, got {len(items)}.")
+        return self._load(items[0], 0, self.bgr if bgr is None else bool(bgr))
+
+    # ------------------------------------------------------------------ internals
+    @torch.no_grad()
+    def _forward(self, inputs):
+        from .evaluation.inference import flip_features
+
+        with self._autocast():
+            feats = flip_features(self.model, inputs, self.flip_test)
+        if isinstance(feats, dict):  # a model returning named outputs: its test feature
+            feats = feats.get("features", feats)
+        if not torch.is_tensor(feats) or feats.dim() != 2:
+            raise ValueError(f"{type(self.model).__name__} returned "
+                             f"{type(feats).__name__} in eval mode, not B x D features: the "
+                             f"extractor needs a re-id model whose eval forward gives features.")
+        return feats.float().cpu()
+
+    def _autocast(self):
+        import contextlib
+
+        if not (self.amp and self.device.type == "cuda"):
+            return contextlib.nullcontext()
+        dtype = str(getattr(getattr(self.cfg.SOLVER, "AMP", None), "DTYPE", "auto"))
+        if dtype == "auto":
+            dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return torch.autocast("cuda", dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
+
+    def _load(self, item, i, bgr):
+        if isinstance(item, (str, os.PathLike)):
+            return self.transform(_read(os.fspath(item)))
+        if isinstance(item, Image.Image):
+            from .data.images import to_rgb
+
+            return self.transform(to_rgb(item))
+        if isinstance(item, np.ndarray):
+            return self.transform(_array_to_pil(item, i, bgr))
+        if torch.is_tensor(item):
+            return self._tensor(item, i)
+        raise ValueError(f"image {i}: {type(item).__name__} is not an image input; give "
+                         f"{_INPUT_TYPES}.")
+
+    def _tensor(self, t, i):
+        if t.dim() != 3 or t.shape[0] != 3:
+            raise ValueError(f"image {i}: tensor of shape {tuple(t.shape)}; expected 3 x H x W "
+                             f"(RGB, 0..255, as fast-reid batches; permute an H x W x 3 tensor "
+                             f"with .permute(2, 0, 1)).")
+        t = t.detach().cpu()
+        t = t.float() if not t.is_floating_point() else t.to(torch.float32)
+        if self._target_hw is not None and tuple(t.shape[1:]) == self._target_hw:
+            return t
+        for tf in self.transform.transforms:  # Resize / CenterCrop work on tensors too
+            if type(tf).__name__ != "ToTensor":
+                t = tf(t)
+        return t.clamp_(0, 255)
+
+
+def _output_size(cfg):
+    """(H, W) of the test transforms' output, or None when it depends on the image."""
+    if cfg.INPUT.CROP.ENABLED:
+        size = list(cfg.INPUT.CROP.SIZE)
+        return (size[0], size[0]) if len(size) == 1 else tuple(size[:2])
+    size = list(cfg.INPUT.SIZE_TEST)
+    return tuple(size[:2]) if len(size) == 2 and size[0] > 0 else None
+
+
+def _read(path):
+    from fastreid.data.data_utils import read_image  # the plugin's RGB reader
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(2, "image file not found", path)
+    try:
+        return read_image(path)
+    except Exception as e:  # noqa: BLE001  (named below)
+        raise CorruptImageError(f"Cannot read image {path} ({type(e).__name__}: {e}): the file "
+                                f"is corrupt, truncated or not an image; replace or remove "
+                                f"it.") from e
+
+
+def _array_to_pil(a, i, bgr):
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f"image {i}: numpy array of shape {a.shape}; expected H x W x 3 "
+                         f"(a grey H x W image: np.stack([a] * 3, -1); a 3 x H x W one: "
+                         f"a.transpose(1, 2, 0)).")
+    if a.dtype != np.uint8:
+        raise ValueError(f"image {i}: numpy array of dtype {a.dtype}; expected uint8 0..255 "
+                         f"(convert with np.clip(a, 0, 255).astype(np.uint8); float images in "
+                         f"0..1: multiply by 255 first).")
+    if bgr:
+        a = a[..., ::-1]
+    return Image.fromarray(np.ascontiguousarray(a), mode="RGB")
+
+
+def _flatten(images) -> list:
+    """One image or a list of them -> a flat list of single images."""
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        items = list(images)
+    elif torch.is_tensor(images) and images.dim() == 4:
+        items = list(images)
+    elif isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)) or torch.is_tensor(
+            images):
+        items = [images]
+    elif isinstance(images, (list, tuple)):
+        items = []
+        for x in images:
+            if (isinstance(x, np.ndarray) and x.ndim == 4) or (torch.is_tensor(x)
+                                                               and x.dim() == 4):
+                items.extend(list(x))
+            else:
+                items.append(x)
+    else:
+        raise ValueError(f"images: {type(images).__name__} is not an image input; give "
+                         f"{_INPUT_TYPES}.")
+    if not items:
+        raise ValueError("images: the list is empty; give at least one image.")
+    return items
+
+
+def per_image_ids(ids, n: int, name: str = "camids") -> Optional[torch.Tensor]:
+    """Camera / view ids as ``FeatureExtractor`` takes them (None, one int for all ``n``
+    images, or one int or None per image) -> a LongTensor of ``n`` (-1 = not known), or None.
+    ``name`` is used in the errors."""
+    if ids is None:
+        return None
+    if isinstance(ids, bool):
+        raise ValueError(f"{name}={ids!r} is a bool; give an int, a list of ints, or None.")
+    if isinstance(ids, numbers.Integral) or (hasattr(ids, "ndim") and ids.ndim == 0):
+        return torch.full((n,), int(ids), dtype=torch.long)
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
+        raise ValueError(f"{name}: {type(ids).__name__} given; give None, one int for every "
+                         f"image, or one int per image.")
+    if len(ids) != n:
+        raise ValueError(f"{name}: {len(ids)} ids for {n} images; give one per image, a single "
+                         f"int for all, or None.")
+    out = []
+    for j, c in enumerate(ids):
+        if c is None:
+            out.append(-1)
+        elif isinstance(c, numbers.Integral) and not isinstance(c, bool):
+            out.append(int(c))
+        else:
+            raise ValueError(f"{name}[{j}] = {c!r}: ids are 0-based ints (None or -1: not "
+                             f"known).")
+    return torch.tensor(out, dtype=torch.long)
+
+
+# ---------------------------------------------------------------------- inputs of the tools
+def list_images(folder: str) -> List[str]:
+    """Absolute paths of every image (``IMAGE_EXTENSIONS``, any case) under ``folder``,
+    recursively, sorted."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(2, "image folder not found", folder)
+    out = []
+    for d, dirs, files in os.walk(folder):
+        dirs.sort()
+        out += [os.path.join(d, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+    return sorted(os.path.abspath(p) for p in out)
+
+
+def read_image_list(list_file: str):
+    """(absolute paths, camids or None per line) of a list file: one image path per line,
+    optionally followed by whitespace (or a tab) and an integer camera id; blank lines and
+    lines starting with ``#`` are skipped; relative paths are relative to the list file's
+    folder."""
+    base = os.path.dirname(os.path.abspath(list_file))
+    paths, cams = [], []
+    with open(list_file) as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            path, cam = line, None
+            parts = line.rsplit("\t", 1) if "\t" in line else line.rsplit(None, 1)
+            if len(parts) == 2 and re.fullmatch(r"-?\d+", parts[1].strip()):
+                path, cam = parts[0].strip(), int(parts[1])
+            paths.append(os.path.normpath(os.path.join(base, os.path.expanduser(path))))
+            cams.append(cam)
+    if not paths:
+        raise ValueError(f"{list_file}: no image paths in the list file (one path per line, "
+                         f"optionally followed by a camera id).")
+    return paths, cams
+
+
+def camids_from_names(paths: Sequence[str], style: str = "market") -> List[int]:
+    """0-based camera ids parsed from file names: ``market`` = Market-1501 / DukeMTMC names
+    ``<pid>_c<cam>...`` (camera 3 -> 2)."""
+    if style not in CAMID_STYLES:
+        raise ValueError(f"camera-id style {style!r}: use one of {CAMID_STYLES}.")
+    out = []
+    for p in paths:
+        m = _MARKET_NAME.match(os.path.basename(p))
+        if m is None or int(m.group(2)) < 1:
+            raise ValueError(f"{p}: the name is not <pid>_c<camera>... (Market-1501 / DukeMTMC "
+                             f"form, camera from 1), so no camera id can be read from it; give "
+                             f"--camid N or a list file with a camera-id column.")
+        out.append(int(m.group(2)) - 1)
+    return out
