@@ -3,14 +3,15 @@ teachers that may be GLTrans models.
 
 Shape letters: B batch, C identities.
 
-fast-reid's ``Distiller`` cannot take a GLTrans teacher as it stands:
-  1. it reads each ``KD.MODEL_CONFIG`` with a bare ``get_cfg()``, which lacks this plugin's keys
-     (``MODEL.GLTRANS``, ``MODEL.BACKBONE.PATCH_SIZE`` ...) -> KeyError on merge;
+fast-reid's ``Distiller`` cannot take a GLTrans teacher as it stands (its bare ``get_cfg()``
+reads a GLTrans ``KD.MODEL_CONFIG`` since the plugin adds its keys to fast-reid's defaults, but):
+  1. it reads the teacher's sizes from the config only: a leaf config's 0 = "from the data"
+     classes / cameras build a teacher that its checkpoint does not fit;
   2. it forces the teacher's ``META_ARCHITECTURE`` to "Baseline", so a GLTrans teacher would be
      built with the wrong head naming and its checkpoint would load only partly (silently);
   3. it calls ``teacher.backbone(images)`` on the *student's* normalised images and reads
      ``pred_class_logits`` from the teacher head in training mode.
-This subclass builds each teacher with ``add_gltrans_config`` and its own meta-architecture,
+This subclass builds each teacher with its own meta-architecture (``engine.build_trained_model``),
 loads its weights strictly (classes / cameras read from the checkpoint), and asks it for logits
 (B x C) on the raw batch:
   * GLTrans teacher: eval mode, its own normalisation and camera ids (SIE); logits = mean over
