@@ -463,6 +463,11 @@ def _distributed_worker(local_rank, main_func, world_size, num_gpus_per_machine,
         if i == machine_rank:
             comm._LOCAL_PROCESS_GROUP = pg
     main_func(*args)
+    # Clean shutdown: wait until every rank is done, then join the backend's threads.  A worker
+    # exiting with its process group alive can abort in a C++ destructor ("terminate called
+    # without an active exception", SIGABRT) while another rank still talks to it.
+    comm.synchronize()
+    dist.destroy_process_group()
 
 
 @_fix
