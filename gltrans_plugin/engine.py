@@ -344,7 +344,8 @@ def cfg_for_checkpoint(cfg, path, *, key="MODEL.WEIGHTS", state_dict=None):
     the data") from its classifier and SIE-table shapes, so the model is built with the trained
     shapes.  Without a checkpoint, or where it shows no size, the classes default to 1 (an
     untrained model for reports / export) and the camera table to the training data's.
-    ``state_dict``: the checkpoint's, when the caller has read it already."""
+    ``MODEL.BACKBONE.PRETRAIN`` is turned off: the ImageNet file is never read, the trained
+    weights replace it.  ``state_dict``: the checkpoint's, when the caller has read it already."""
     cfg = cfg.clone()
     cfg.defrost()
     if state_dict is None and path:
@@ -355,6 +356,7 @@ def cfg_for_checkpoint(cfg, path, *, key="MODEL.WEIGHTS", state_dict=None):
     bb = cfg.MODEL.BACKBONE
     if bb.NUM_CAMERAS <= 0 and "NUM_CAMERAS" in sizes and not bb.SIE_VIEW:
         bb.NUM_CAMERAS = sizes["NUM_CAMERAS"]
+    bb.PRETRAIN = False
     if bb.SIE_CAMERA and bb.NUM_CAMERAS <= 0:
         cfg = fill_num_cameras(cfg)  # from the training data
     return cfg
@@ -382,7 +384,6 @@ def build_trained_model(cfg, key="MODEL.WEIGHTS"):
     path = cfg.MODEL.WEIGHTS
     sd = unwrap_state_dict(load_file(path, key=key)) if path else None
     cfg = cfg_for_checkpoint(cfg, path, key=key, state_dict=sd)
-    cfg.MODEL.BACKBONE.PRETRAIN = False
     model = build_model(cfg)
     if sd is not None:
         load_eval_weights(cfg, model, sd, key)
@@ -473,9 +474,7 @@ def load_cfg(config_file, opts=(), weights=None, device="auto"):
     """The config ``load_model`` builds its model from: the yaml + ``opts``, ``weights`` as
     MODEL.WEIGHTS, the device resolved, sizes filled from the checkpoint, no ImageNet file."""
     cfg = _tool_cfg(config_file, opts, weights, device)
-    cfg = cfg_for_checkpoint(cfg, cfg.MODEL.WEIGHTS, key="--weights / MODEL.WEIGHTS")
-    cfg.MODEL.BACKBONE.PRETRAIN = False
-    return cfg
+    return cfg_for_checkpoint(cfg, cfg.MODEL.WEIGHTS, key="--weights / MODEL.WEIGHTS")
 
 
 def load_model(config_file, weights=None, opts=(), device="auto"):

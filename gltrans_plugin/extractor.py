@@ -23,16 +23,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .data.folder import IMAGE_EXTENSIONS, MARKET_NAME
 from .errors import CorruptImageError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FeatureExtractor", "IMAGE_EXTENSIONS", "camids_from_names", "list_images",
-           "per_image_ids", "read_image_list"]
+__all__ = ["FeatureExtractor", "IMAGE_EXTENSIONS", "camids_from_names", "image_camids",
+           "list_images", "per_image_ids", "read_image_list"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 CAMID_STYLES = ("market",)
-_MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
 
 _INPUT_TYPES = ("a file path, a PIL image, an H x W x 3 uint8 numpy array (RGB, or BGR with "
                 "bgr=True), a 3 x H x W / B x 3 x H x W float tensor of 0..255 values, or a "
@@ -318,6 +317,23 @@ def read_image_list(list_file: str):
     return paths, cams
 
 
+def image_camids(paths, list_camids, camid=None, camid_from_name=None):
+    """One camera id per image of ``paths`` (None = not known): the list file's
+    (``list_camids``, or None), else ``camid``, else parsed from the name (``camid_from_name``
+    a ``CAMID_STYLES`` style); None when no image has one."""
+    n = len(paths)
+    cams = list(list_camids) if list_camids is not None else [None] * n
+    missing = [i for i, c in enumerate(cams) if c is None]
+    if missing and camid is not None:
+        for i in missing:
+            cams[i] = int(camid)
+    elif missing and camid_from_name:
+        parsed = camids_from_names([paths[i] for i in missing], camid_from_name)
+        for i, c in zip(missing, parsed):
+            cams[i] = c
+    return None if all(c is None for c in cams) else cams
+
+
 def camids_from_names(paths: Sequence[str], style: str = "market") -> List[int]:
     """0-based camera ids parsed from file names: ``market`` = Market-1501 / DukeMTMC names
     ``<pid>_c<cam>...`` (camera 3 -> 2)."""
@@ -325,7 +341,7 @@ def camids_from_names(paths: Sequence[str], style: str = "market") -> List[int]:
         raise ValueError(f"camera-id style {style!r}: use one of {CAMID_STYLES}.")
     out = []
     for p in paths:
-        m = _MARKET_NAME.match(os.path.basename(p))
+        m = MARKET_NAME.match(os.path.basename(p))
         if m is None or int(m.group(2)) < 1:
             raise ValueError(f"{p}: the name is not <pid>_c<camera>... (Market-1501 / DukeMTMC "
                              f"form, camera from 1), so no camera id can be read from it; give "

@@ -56,24 +56,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def image_camids(paths, list_camids, camid=None, camid_from_name=None):
-    """One camera id per image (None = not known): the list file's, else ``camid``, else
-    parsed from the name; None when no image has one."""
-    from gltrans_plugin.extractor import camids_from_names
-
-    n = len(paths)
-    cams = list(list_camids) if list_camids is not None else [None] * n
-    missing = [i for i, c in enumerate(cams) if c is None]
-    if missing and camid is not None:
-        for i in missing:
-            cams[i] = int(camid)
-    elif missing and camid_from_name:
-        parsed = camids_from_names([paths[i] for i in missing], camid_from_name)
-        for i, c in zip(missing, parsed):
-            cams[i] = c
-    return None if all(c is None for c in cams) else cams
-
-
 def write_features(feats, paths, camids, output=None, output_dir=None):
     """Write the features; returns the files written."""
     import numpy as np
@@ -101,7 +83,8 @@ def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import gltrans_plugin  # noqa: F401  (compat + registrations)
-    from gltrans_plugin.extractor import FeatureExtractor, list_images, read_image_list
+    from gltrans_plugin.extractor import (FeatureExtractor, image_camids, list_images,
+                                          read_image_list)
 
     if args.input:
         paths, list_cams = list_images(args.input), None

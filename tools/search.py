@@ -85,25 +85,15 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _camids(paths, camid, camid_from_name):
-    from gltrans_plugin.extractor import camids_from_names
-
-    if camid is not None:
-        return [int(camid)] * len(paths)
-    if camid_from_name:
-        return camids_from_names(paths, camid_from_name)
-    return None
-
-
 def run_index(args):
-    from gltrans_plugin.extractor import FeatureExtractor, list_images
+    from gltrans_plugin.extractor import FeatureExtractor, image_camids, list_images
     from gltrans_plugin.search import build_index
 
     paths = list_images(args.gallery)
     if not paths:
         raise ValueError(f"--gallery {args.gallery}: no .jpg / .jpeg / .png / .bmp images in "
                          f"the folder (or its sub-folders).")
-    camids = _camids(paths, args.camid, args.camid_from_name)
+    camids = image_camids(paths, None, args.camid, args.camid_from_name)
     extractor = FeatureExtractor(args.config_file, args.weights, device=args.device,
                                  batch_size=args.batch_size, amp=args.amp,
                                  flip_test=args.flip_test, normalize=not args.no_normalize,
@@ -120,14 +110,14 @@ def run_index(args):
 
 def run_query(args):
     from gltrans_plugin.evaluation.index import RetrievalIndex
-    from gltrans_plugin.extractor import FeatureExtractor
+    from gltrans_plugin.extractor import FeatureExtractor, image_camids
     from gltrans_plugin.search import image_sources, query_index, write_html, write_json
 
     if args.topk < 1:
         raise ValueError(f"--topk {args.topk}: give at least 1.")
     index = RetrievalIndex.load(args.index_dir)  # before the model: a wrong folder fails fast
     paths = image_sources(args.query)
-    camids = _camids(paths, args.camid, args.camid_from_name)
+    camids = image_camids(paths, None, args.camid, args.camid_from_name)
     extractor = FeatureExtractor(args.config_file, args.weights, device=args.device,
                                  batch_size=args.batch_size, amp=args.amp,
                                  flip_test=bool(index.info.get("flip_test", False)),

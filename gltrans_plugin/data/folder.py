@@ -48,7 +48,7 @@ __all__ = ["ReIDFolder", "ReIDFolder2", "folder_kwargs", "read_list", "read_mark
 SPLITS = ("train", "query", "gallery")
 MARKET_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-_MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
+MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")  # <pid>_c<camera>... (Market-1501 / DukeMTMC)
 _JUNK_PID = -1
 _SHOWN = 5  # identities / lines named in one message
 
@@ -78,7 +78,7 @@ def read_market_folder(split_dir):
         path = osp.join(split_dir, fname)
         if not fname.lower().endswith(IMAGE_EXTENSIONS) or not osp.isfile(path):
             continue
-        m = _MARKET_NAME.match(fname)
+        m = MARKET_NAME.match(fname)
         if m is None:
             raise DatasetError(
                 "image name does not follow the Market-1501 naming <pid>_c<camera>... "

@@ -343,8 +343,8 @@ class GLTransViT(nn.Module):
         return tuple(i + 1 for i in self.agg_layers)
 
     # ------------------------------------------------------------------ SIE
-    def _check_ids(self, ids: torch.Tensor, size: int, what: str, key: str):
-        """(given, valid) boolean masks (B): an id < 0 is "not given"; a given id outside
+    def _check_ids(self, ids: torch.Tensor, size: int, what: str, key: str) -> torch.Tensor:
+        """Boolean mask (B) of usable ids: an id < 0 is "not known"; a given id outside
         [0, size) raises ValueError when strict (not while tracing: traced graphs hold no
         Python checks; such an id then gets the unseen policy)."""
         given = ids >= 0
@@ -357,16 +357,20 @@ class GLTransViT(nn.Module):
                 f"(ids must be 0-based and consistent between training and test), give -1 for "
                 f"an unknown {what} (MODEL.BACKBONE.SIE_UNSEEN says what it gets), or "
                 f"MODEL.GLTRANS.STRICT_CAMIDS False to treat such ids as unknown.")
-        return given, valid
+        return valid
 
-    def _unseen(self, batch: int, what: str):
-        """The policy for images without a usable id: B x D rows and a weight (B), or an error."""
+    def _unseen(self, what: str) -> bool:
+        """``sie_unseen`` for images without a usable ``what`` id: True = the mean of the table,
+        False = no SIE term; "error" raises.  While tracing: no error and no log (a graph
+        applies the policy as arithmetic)."""
+        if torch.jit.is_tracing():
+            return self.sie_unseen == "mean"
         if self.sie_unseen == "error":
             raise ValueError(
                 f"SIE: images without a {what} id (none given, -1, or an unknown id) and "
                 f"MODEL.BACKBONE.SIE_UNSEEN 'error': give their {what} ids, or set SIE_UNSEEN "
                 f"'mean' (the mean learned {what} embedding) or 'none' (no SIE term).")
-        if not self._logged_no_sie and not torch.jit.is_tracing():
+        if not self._logged_no_sie:
             logger.warning("SIE: features asked for images without a %s id: they get %s "
                            "(MODEL.BACKBONE.SIE_UNSEEN %r). Give the ids where known.", what,
                            "the mean camera embedding" if self.sie_unseen == "mean"
@@ -380,44 +384,31 @@ class GLTransViT(nn.Module):
         place throughout, so the same code traces for ONNX export."""
         if self.sie_embed is None:
             return None
-        missing = [w for use, ids, w in ((self.sie_camera, camids, "camera"),
-                                          (self.sie_view, viewids, "view"))
-                   if use and ids is None]
+        uses = [(ids, size, what, key) for use, ids, size, what, key in (
+            (self.sie_camera, camids, self.num_cameras, "camera", "MODEL.BACKBONE.NUM_CAMERAS"),
+            (self.sie_view, viewids, self.num_views, "view", "MODEL.BACKBONE.NUM_VIEWS"))
+            if use]
+        missing = [what for ids, _, what, _ in uses if ids is None]
         if missing:  # the whole batch without ids: no per-sample arithmetic (dynamic batch)
-            use_mean = (self.sie_unseen == "mean" if torch.jit.is_tracing()
-                        else self._unseen(batch, missing[0]))
-            if not use_mean:
+            if not self._unseen(missing[0]):
                 return None
             return self.sie_coe * self.sie_embed.mean(0).view(1, 1, -1)  # 1 x 1 x D
-        parts = []  # (ids B, size, what, key)
-        for use, ids, size, what, key in (
-                (self.sie_camera, camids, self.num_cameras, "camera",
-                 "MODEL.BACKBONE.NUM_CAMERAS"),
-                (self.sie_view, viewids, self.num_views, "view", "MODEL.BACKBONE.NUM_VIEWS")):
-            if not use:
-                continue
+        index = torch.zeros(batch, dtype=torch.long, device=device)
+        valid = torch.ones(batch, dtype=torch.bool, device=device)
+        unusable = None  # the first kind of id some image lacks
+        for ids, size, what, key in uses:
             ids = torch.as_tensor(ids, device=device).long().reshape(-1)
             if ids.numel() != batch:
                 raise ValueError(f"got {ids.numel()} {what} ids for a batch of {batch} images.")
-            parts.append((ids, size, what, key))
-        index = torch.zeros(batch, dtype=torch.long, device=device)
-        valid = torch.ones(batch, dtype=torch.bool, device=device)
-        for ids, size, what, key in parts:
-            _, ok = self._check_ids(ids, size, what, key)
+            ok = self._check_ids(ids, size, what, key)
+            if unusable is None and not torch.jit.is_tracing() and not bool(ok.all()):
+                unusable = what
             valid = valid & ok
             index = index * size + torch.where(ok, ids, torch.zeros_like(ids))
         table = self.sie_embed                                       # T x D
         sie = table[index] * valid.unsqueeze(1).to(table.dtype)      # B x D
-        tracing = torch.jit.is_tracing()
-        if tracing:  # no Python checks in a graph: the policy is applied as arithmetic
-            use_mean = self.sie_unseen == "mean"
-        elif bool(valid.all()):
-            use_mean = False
-        else:
-            what = next(w for ids, size, w, _ in parts
-                        if not bool(((ids >= 0) & (ids < size)).all()))
-            use_mean = self._unseen(batch, what)
-        if use_mean:  # rows without a usable id: the mean of the learned table
+        # a graph cannot tell whether some id is unusable: it always applies the policy
+        if (torch.jit.is_tracing() or unusable is not None) and self._unseen(unusable or "camera"):
             sie = sie + (~valid).unsqueeze(1).to(table.dtype) * table.mean(0, keepdim=True)
         return self.sie_coe * sie.unsqueeze(1)                       # B x 1 x D
 
