@@ -8,12 +8,16 @@ one fits the model it is loaded into.
   instead of torch's ``KeyError: 101`` for a text file starting with ``h``,
   ``PytorchStreamReader failed reading zip archive`` for a truncated one, or the "would run
   code" refusal for a file that is no pickle at all.  ``safetensors=True`` also reads
-  ``*.safetensors`` files (pretrained weights).
+  ``*.safetensors`` files (pretrained weights).  What it returns is checked: every entry of a
+  zip archive against its CRC-32 (torch does not check them: a few flipped bytes inside a
+  tensor load silently), and every floating tensor for NaN / infinite values; both errors name
+  the file and the tensor.
 * ``unwrap_state_dict`` / ``read_state_dict`` / ``sizes_from_state_dict``: a fast-reid
   checkpoint or bare state dict -> name -> tensor, and the class / camera counts it shows.
 * ``load_state_dict`` / ``check_eval_fits``: trained weights for evaluation or a tool; a
-  checkpoint that lacks model weights (another architecture) or has other shapes fails instead
-  of evaluating random heads (opt-in ``TEST.ALLOW_MISSING_KEYS``).
+  checkpoint that lacks model weights or holds weights the model does not have (another
+  architecture) or has other shapes fails instead of evaluating random or missing parts
+  (opt-in ``TEST.ALLOW_MISSING_KEYS``, for both).
 * ``check_resume_fits`` / ``check_optimizer_fits``: ``--resume`` onto a checkpoint whose
   classifier or optimizer state does not fit the model (the number of identities changed)
   fails before the first step, with how to fine-tune instead.
@@ -29,6 +33,7 @@ import glob
 import os
 import pickle
 import zipfile
+import zlib
 from collections.abc import Mapping
 
 from .errors import DiskFullError, UserError
@@ -42,6 +47,7 @@ __all__ = [
     "check_eval_fits",
     "check_optimizer_fits",
     "check_resume_fits",
+    "check_finite",
     "file_kind",
     "load_file",
     "load_state_dict",
@@ -114,6 +120,77 @@ def require_file(path, key="", fix=""):
                                 + (f" {fix}" if fix else ""))
 
 
+_DAMAGED_FIX = ("copy the file again from where it came from, or use another checkpoint "
+                "(OUTPUT_DIR/model_*.pth)")
+
+
+def _crc_failures(path):
+    """Names of the zip entries of ``path`` whose bytes do not match their CRC-32 (entries
+    written without one, CRC 0 -- torch.save with compute_crc32 off -- are not checked)."""
+    bad = []
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if info.CRC == 0 or info.is_dir():
+                continue
+            try:
+                with zf.open(info) as f:
+                    while f.read(1 << 24):
+                        pass
+            except zipfile.BadZipFile:
+                bad.append(info.filename)
+    return bad
+
+
+def _tensors(obj, prefix=""):
+    """(dotted name, tensor) of every tensor in nested dicts / lists / tuples."""
+    import torch
+
+    if torch.is_tensor(obj):
+        yield prefix, obj
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{prefix}.{i}" if prefix else str(i))
+
+
+def _storage_crc(t):
+    import torch
+
+    data = torch.empty(0, dtype=torch.uint8).set_(t.detach().cpu().untyped_storage())
+    return zlib.crc32(data.numpy())
+
+
+def _damaged_tensors(obj, path, bad):
+    """Names of the tensors of ``obj`` (loaded from ``path``) whose storage bytes match no
+    stored CRC of the archive's data entries: the tensors the damaged entries ``bad`` hold."""
+    with zipfile.ZipFile(path) as zf:
+        good = {i.CRC for i in zf.infolist() if "/data/" in i.filename and i.filename not in bad}
+    return [name for name, t in _tensors(obj) if _storage_crc(t) not in good]
+
+
+def check_finite(obj, path, key=""):
+    """``CheckpointError`` naming ``path`` and the first floating tensor of ``obj`` (a loaded
+    checkpoint or state dict) holding NaN or infinite values."""
+    import torch
+
+    for name, t in _tensors(obj):
+        if not t.is_floating_point() or t.numel() == 0:
+            continue
+        try:
+            finite = torch.isfinite(t)
+        except (RuntimeError, TypeError):  # a dtype without isfinite (float8): not checked
+            continue
+        if not bool(finite.all()):
+            n = int(finite.numel() - finite.sum())
+            raise CheckpointError(
+                f"tensor {name!r} holds {n} NaN / infinite value(s) of {t.numel()}: the "
+                f"features of a model with these weights would be NaN", _where(path, key),
+                "the file is damaged or was saved from a run that diverged: "
+                + _DAMAGED_FIX.replace("(OUTPUT_DIR", "(an earlier OUTPUT_DIR"))
+
+
 def load_file(path, *, key="", allow_pickle=None, safetensors=False, missing_fix=""):
     """``torch.load`` of ``path`` to CPU, weights-only, with checks.
 
@@ -124,8 +201,6 @@ def load_file(path, *, key="", allow_pickle=None, safetensors=False, missing_fix
     ``FileNotFoundError``; everything else that cannot be loaded is ``CheckpointError`` naming
     the file and the key.
     """
-    import torch
-
     require_file(path, key, missing_fix)
     if allow_pickle is None:
         allow_pickle = pickle_allowed()
@@ -133,10 +208,12 @@ def load_file(path, *, key="", allow_pickle=None, safetensors=False, missing_fix
         from safetensors.torch import load_file as load_safetensors
 
         try:
-            return load_safetensors(path, device="cpu")
+            out = load_safetensors(path, device="cpu")
         except Exception as e:
             raise CheckpointError(f"not a readable safetensors file ({e})", _where(path, key),
                                   "give a complete .safetensors file or a torch checkpoint") from e
+        check_finite(out, path, key)
+        return out
     kind = file_kind(path)
     if kind is None:
         raise CheckpointError(
@@ -154,6 +231,29 @@ def load_file(path, *, key="", allow_pickle=None, safetensors=False, missing_fix
             f"{os.path.getsize(path)} bytes)", _where(path, key),
             "the file was cut short (an interrupted copy, download or save): copy it again or "
             "use another checkpoint (OUTPUT_DIR/model_*.pth)")
+    bad = _crc_failures(path) if kind == "zip" else []
+    try:
+        out = _torch_load(path, key, allow_pickle)
+    except CheckpointError:
+        if bad:
+            raise CheckpointError(f"the checkpoint is damaged: archive entry {bad[0]} fails its "
+                                  f"CRC-32 check (its bytes changed after it was written)",
+                                  _where(path, key), _DAMAGED_FIX) from None
+        raise
+    if bad:
+        names = _damaged_tensors(out, path, bad)
+        what = (f"tensor {names[0]!r} (archive entry {bad[0]})" if len(names) == 1
+                else f"archive entr{'y' if len(bad) == 1 else 'ies'} {', '.join(bad[:3])}")
+        raise CheckpointError(f"the checkpoint is damaged: {what} fails its CRC-32 check (its "
+                              f"bytes changed after torch.save wrote them)", _where(path, key),
+                              _DAMAGED_FIX)
+    check_finite(out, path, key)
+    return out
+
+
+def _torch_load(path, key, allow_pickle):
+    import torch
+
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
@@ -247,11 +347,18 @@ def _few(keys, n=3):
     return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
+def _unexpected(sd, target):
+    return [k for k in sd if k not in target and not k.endswith(OPTIONAL_KEYS)]
+
+
 def check_eval_fits(sd, model, path, *, key="MODEL.WEIGHTS", allow_missing=False):
-    """Evaluation: every weight of ``model`` is in ``sd`` with the model's shape.
+    """Evaluation: every weight of ``model`` is in ``sd`` with the model's shape, and ``sd``
+    holds no weight the model lacks.
 
     Missing weights (a checkpoint of another architecture) would be evaluated at their random
-    init: ``CheckpointError`` unless ``allow_missing`` (``TEST.ALLOW_MISSING_KEYS``)."""
+    init, unexpected ones (a full GLTrans checkpoint under a ViT-baseline config) would be
+    dropped: ``CheckpointError`` unless ``allow_missing`` (``TEST.ALLOW_MISSING_KEYS``, the one
+    opt-in for a checkpoint that does not match the model's weights)."""
     sd, target = _strip(sd), model.state_dict()
     bad = _shape_mismatches(sd, target)
     if bad:
@@ -268,14 +375,22 @@ def check_eval_fits(sd, model, path, *, key="MODEL.WEIGHTS", allow_missing=False
             f"random weights there", _where(path, key),
             "give the config it was trained with (its OUTPUT_DIR/config.yaml), or set "
             "TEST.ALLOW_MISSING_KEYS True to evaluate anyway")
+    unexpected = _unexpected(sd, target)
+    if unexpected and not allow_missing:
+        raise CheckpointError(
+            f"the checkpoint holds {len(unexpected)} weights the model built from the config "
+            f"does not have ({_few(unexpected)}): it is from another architecture, and "
+            f"evaluating would drop them", _where(path, key),
+            "give the config it was trained with (its OUTPUT_DIR/config.yaml), or set "
+            "TEST.ALLOW_MISSING_KEYS True to evaluate the matching weights alone")
     return missing
 
 
 def load_state_dict(model, sd, path="checkpoint", key="MODEL.WEIGHTS", allow_missing=False):
     """Load trained weights ``sd`` into ``model`` for use (evaluation, tools): every weight of
-    the model must be there with its shape (``check_eval_fits``; missing ones only with
-    ``allow_missing``, ``TEST.ALLOW_MISSING_KEYS``); keys the model does not have (a
-    distiller's teacher, say) are logged and ignored.  Returns the missing keys."""
+    the model must be there with its shape and no other (``check_eval_fits``; missing or
+    unexpected ones only with ``allow_missing``, ``TEST.ALLOW_MISSING_KEYS``, then logged and
+    ignored).  Returns the missing keys."""
     import logging
 
     sd = _strip(sd)

@@ -3,7 +3,9 @@
 ``validate_config`` needs the config alone (no data, no model build); ``check_data``,
 ``check_identities`` and ``check_test_set`` look at the datasets, before the model is built.
 """
-__all__ = ["check_data", "check_identities", "check_test_set", "validate_config"]
+from .devices import AMP_DTYPES
+
+__all__ = ["check_data", "validate_config"]
 
 _GLTRANS_BACKBONES = ("build_gltrans_backbone", "build_gltrans_vit_backbone")
 
@@ -17,6 +19,9 @@ def validate_config(cfg):
     model's own validation, so the messages are the ones the model would raise later.
     """
     _check_batch(cfg)
+    if cfg.SOLVER.AMP.DTYPE not in AMP_DTYPES:
+        raise ValueError(f"SOLVER.AMP.DTYPE={cfg.SOLVER.AMP.DTYPE!r}: use 'auto', 'bf16' or "
+                         f"'fp16'.")
     if cfg.MODEL.BACKBONE.NAME in _GLTRANS_BACKBONES:
         _check_gltrans(cfg)
     return cfg
@@ -63,33 +68,10 @@ def _check_gltrans(cfg):
             d = args["embed_dim"]
             GMA(embed_dim=d, global_dim=d, num_heads=int(g.GMA.NUM_HEADS),
                 reduction=int(g.GMA.REDUCTION))  # heads / reduction must divide D
-    if bb.PRETRAIN:
-        from .checkpoint import require_file
-        from .modeling.weights import PRETRAIN_KEY, PRETRAIN_MISSING_FIX
+    if bb.PRETRAIN:  # a file that exists, a known name; offline, a name in the cache
+        from .modeling.pretrained import check_source
 
-        require_file(str(bb.PRETRAIN_PATH), PRETRAIN_KEY, PRETRAIN_MISSING_FIX)
-
-
-def check_identities(cfg, train_set):
-    """An identity sampler needs IMS_PER_BATCH / NUM_INSTANCE identities for one batch; with
-    fewer it would loop forever without producing one."""
-    num_pids = cfg.SOLVER.IMS_PER_BATCH // max(1, cfg.DATALOADER.NUM_INSTANCE)
-    if "Identity" in cfg.DATALOADER.SAMPLER_TRAIN and len(train_set.pids) < num_pids:
-        raise ValueError(
-            f"The training set has {len(train_set.pids)} identities but a batch needs "
-            f"{num_pids} (SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} / "
-            f"DATALOADER.NUM_INSTANCE {cfg.DATALOADER.NUM_INSTANCE}): lower IMS_PER_BATCH.")
-
-
-def check_test_set(name, data):
-    """A test set with an empty query or gallery has nothing to evaluate: name its folders."""
-    if data.query and data.gallery:
-        return
-    folders = [getattr(data, a) for a in ("query_dir", "gallery_dir") if hasattr(data, a)]
-    raise ValueError(f"Dataset {name}: empty query ({len(data.query)} images) or gallery "
-                     f"({len(data.gallery)} images); nothing to evaluate. Check its "
-                     f"folders under the dataset root (DATASETS.ROOT)"
-                     + (f": {', '.join(folders)}." if folders else "."))
+        check_source(str(bb.PRETRAIN_PATH), str(bb.PRETRAIN_CACHE))
 
 
 def check_data(cfg):
@@ -100,6 +82,7 @@ def check_data(cfg):
     from fastreid.utils import comm
 
     from .data import build_dataset, camera_layout, test_camera_map
+    from .data.checks import check_test_set
     from .data.datasets import check_image_headers
 
     test_cams = {}
@@ -127,7 +110,7 @@ def check_data(cfg):
         return
     table = int(bb.NUM_CAMERAS)
     layout = camera_layout(cfg)
-    sources = [(f"training set {n}", {layout.train_index(c) for _, _, c in
+    sources = [(f"training set {n}", {layout.train_index(item[2]) for item in
                                       build_dataset(cfg, n).train})
                for n in cfg.DATASETS.NAMES] + [(f"test set {n}", c) for n, c in test_cams.items()]
     for what, cams in sources:

@@ -2,7 +2,11 @@
 
 ``add_gltrans_config(cfg)`` is the one place new keys and their defaults are declared; configs
 under ``configs/`` only set values.  ``merge_config`` merges a yaml and command-line options with a
-one-line error naming an unknown key; ``setup_cfg`` is fast-reid's ``get_cfg`` + both.
+one-line error naming an unknown key; ``setup_cfg`` is fast-reid's ``get_cfg`` + both.  Before
+fast-reid reads a yaml, the file and every ``_BASE_`` it includes are checked, so that bad yaml,
+a ``!!python/...`` tag (never executed), an empty file, a top level that is not a mapping, a
+missing ``_BASE_`` (relative to the including file) or a ``_BASE_`` cycle is a
+``ConfigFileError`` naming the file (and line), not an internal error.
 ``import gltrans_plugin`` also adds the keys to fast-reid's own defaults (the compat fix
 ``gltrans_keys_in_defaults``), so a bare ``fastreid.config.get_cfg()`` reads a GLTrans config.
 """
@@ -13,7 +17,8 @@ import re
 
 from fastreid.config import CfgNode as CN
 
-from .errors import ConfigKeyError
+from .devices import fall_back_to_cpu
+from .errors import ConfigKeyError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +60,18 @@ def add_gltrans_config(cfg):
     # the dataset "ReIDFolder"; FOLDER2 the same for "ReIDFolder2", a second set of your own.
     _C.DATASETS.FOLDER = CN(dict(FOLDER_DEFAULTS))
     _C.DATASETS.FOLDER2 = CN(dict(FOLDER_DEFAULTS))
+    # VeRi-776 with viewpoint labels (dataset "VeRiViews", gltrans_plugin/data/veri.py).  The
+    # view ids are read only when MODEL.BACKBONE.SIE_VIEW is True (False: cameras only, no
+    # keypoint file is read).
+    _C.DATASETS.VERI = CN()
+    # Folder holding keypoint_train.txt and keypoint_test.txt (the VeRi-776 keypoint and
+    # orientation annotations); "" = the dataset folder <DATASETS.ROOT>/veri.
+    _C.DATASETS.VERI.VIEW_DIR = ""
+    # An image without a view label in those files: "error" (names the file; so does a line
+    # naming an image the folders lack) | "drop" (leave the image out, as TransReID's reader;
+    # lines naming absent images are logged) | "unseen" (keep it with view id -1: the model's
+    # MODEL.BACKBONE.SIE_UNSEEN policy applies).
+    _C.DATASETS.VERI.UNLABELED = "error"
     # A corrupt / unreadable image: False -> error naming the file; True -> skip it with a warning.
     _C.DATALOADER.SKIP_CORRUPT = False
     # Per-epoch seeded training sampler (SEED + epoch): a resumed run sees the same batches.
@@ -77,9 +94,16 @@ def add_gltrans_config(cfg):
     # (queried from it), mAP 30.01 with "mean" vs 28.56 with "none" (docs/training.md).
     _C.MODEL.BACKBONE.SIE_UNSEEN = "mean"
     _C.MODEL.BACKBONE.PRETRAIN_FORMAT = "auto"  # "auto" | "timm" | "deit" | "transreid"
-    # Deprecated (removed in the next release): the opt-in for pickled checkpoints is env
-    # GLTRANS_ALLOW_PICKLE=1, for every file the plugin reads.  True still allows it (a warning).
-    _C.MODEL.BACKBONE.ALLOW_PICKLE = False
+    # PRETRAIN_PATH also takes a timm tag (vit_base_patch16_224.orig_in21k_ft_in1k),
+    # hf-hub:<repo> or local-dir:<folder> (docs/weights.md).  Names are fetched into this
+    # Hugging Face cache folder; "" = huggingface_hub's own (HF_HUB_CACHE, else HF_HOME/hub).
+    _C.MODEL.BACKBONE.PRETRAIN_CACHE = ""
+    # (Hg, Wg) patch grid of the checkpoint's pos_embed when it is neither square nor the
+    # model's grid, e.g. (16, 8) for LUPerson ViTs pre-trained at 256x128; () = infer.
+    _C.MODEL.BACKBONE.PRETRAIN_GRID = ()
+    # Patch-embedding stem: "" (one conv, the ViT's) | "ibn_conv" (TransReID-SSL's ICS: three
+    # convs with IBN at half resolution before the patch conv; its LUPerson weights need it).
+    _C.MODEL.BACKBONE.STEM = ""
     _C.MODEL.BACKBONE.GRAD_CHECKPOINT = False  # activation checkpointing of backbone blocks
 
     # Attention kernel: "auto" (fused SDPA, except CPU training where the plain path measured
@@ -87,8 +111,9 @@ def add_gltrans_config(cfg):
     _C.MODEL.ATTN_IMPL = "auto"
     # torch.compile the backbone blocks and PTL layers in place (warns, stays eager if unavailable).
     _C.MODEL.COMPILE = False
-    # AMP dtype (SOLVER.AMP.ENABLED): "auto" = fp16 + GradScaler on CUDA, bf16 on CPU
-    # | "bf16" | "fp16".
+    # AMP dtype (SOLVER.AMP.ENABLED) for training and the extractor: "auto" = bf16 where the
+    # device supports it (every CPU; CUDA GPUs of compute capability 8.0+), else fp16 with a
+    # GradScaler | "bf16" | "fp16".
     _C.SOLVER.AMP.DTYPE = "auto"
 
     _C.MODEL.GLTRANS = CN()
@@ -162,6 +187,13 @@ def add_gltrans_config(cfg):
     _C.TEST.EVAL_BEFORE_TRAIN = False
     # Warm-up length in whole epochs; > 0 overrides SOLVER.WARMUP_ITERS (= epochs x iters/epoch).
     _C.SOLVER.WARMUP_EPOCHS = 0
+    # Learning-rate schedule (gltrans_plugin/solver.py). The paper says only "linear warm-up"
+    # and "cosine decay", which "paper" (default) reads with fast-reid's schedulers: warm-up from
+    # WARMUP_FACTOR x BASE_LR stepped every iteration, then SOLVER.SCHED stepped every epoch over
+    # the remaining epochs to ETA_MIN_LR. "released": the authors' code (timm's cosine, one LR
+    # per epoch, epochs counted from 1, the cosine over all MAX_EPOCH epochs with the warm-up
+    # replacing its first WARMUP_EPOCHS; warm-up start and floor the same for every group).
+    _C.SOLVER.SCHED_STYLE = "paper"
     # Iterations between metric log lines / metrics.json rows (fast-reid hard-codes 200).
     _C.SOLVER.LOG_PERIOD = 20
     # Training health: every LOG_PERIOD the trainer logs, per branch, the mean positive and
@@ -207,19 +239,136 @@ def _unknown_key_error(cfg, err, where):
     )
 
 
+class ConfigFileError(UserError, ValueError):
+    """A config file that is not a readable config: yaml syntax, a tag, not a mapping, _BASE_."""
+
+
+_BASE_KEY = "_BASE_"
+_KEYS_FIX = "write the keys to set as yaml, e.g. 'MODEL:' then '  DEVICE: cpu' on the next line"
+
+
+def _yaml_error(path, e):
+    """ConfigFileError of yaml's error ``e`` reading ``path``, with the line yaml gives."""
+    import yaml
+
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    where = f"{path}:{mark.line + 1}" if mark is not None else path
+    problem = str(getattr(e, "problem", None) or e).strip()
+    if isinstance(e, yaml.constructor.ConstructorError) and "tag" in problem:
+        found = re.search(r"tag '([^']*)'", problem)
+        tag = (found.group(1) if found else problem).replace("tag:yaml.org,2002:", "!!")
+        if "python/" in tag:
+            return ConfigFileError(
+                f"the yaml tag {tag} asks to build a Python object; config files hold plain "
+                f"values only (nothing in the file was run)", where,
+                "remove the tag and write the plain value")
+        return ConfigFileError(f"unknown yaml tag {tag}", where,
+                               "remove the tag and write the plain value")
+    if "\t" in problem or "'\\t'" in problem:
+        return ConfigFileError("a tab character in the indentation (yaml allows spaces only)",
+                               where, "indent with spaces")
+    return ConfigFileError(f"the file is not valid yaml ({problem})", where,
+                           "fix the yaml syntax there")
+
+
+def _read_yaml(path):
+    """The mapping in config file ``path`` (ConfigFileError naming the file / line if not)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except UnicodeDecodeError as e:
+        raise ConfigFileError(f"the file is not UTF-8 text ({e.reason} at byte {e.start})", path,
+                              "save it as UTF-8") from None
+    except yaml.YAMLError as e:
+        raise _yaml_error(path, e) from None
+    if data is None:
+        raise ConfigFileError("the config file is empty (no keys)", path,
+                              _KEYS_FIX + "; or leave --config-file out for the defaults")
+    if not isinstance(data, dict):
+        raise ConfigFileError(f"the file's top level is a {type(data).__name__}, not a "
+                              f"mapping of config keys", f"{path}:1", _KEYS_FIX)
+    return data
+
+
+def check_config_file(config_file):
+    """Read ``config_file`` and every ``_BASE_`` it includes (fast-reid's rule: a relative
+    ``_BASE_`` path is relative to the including file's folder) and raise ConfigFileError naming
+    the file for anything fast-reid's reader would fail on without saying where."""
+    chain = []
+    path = config_file
+    while True:
+        real = os.path.realpath(path)
+        reals = [os.path.realpath(p) for p in chain]
+        if real in reals:
+            cycle = " -> ".join(chain[reals.index(real):] + [path])
+            raise ConfigFileError(f"the _BASE_ files include each other in a cycle ({cycle})",
+                                  chain[-1], f"remove the {_BASE_KEY} that closes the cycle")
+        chain.append(path)
+        base = _read_yaml(path).get(_BASE_KEY)
+        if base is None:
+            return chain
+        if not isinstance(base, str) or not base.strip():
+            raise ConfigFileError(f"{_BASE_KEY} is {base!r}, not a file name", path,
+                                  f"give {_BASE_KEY} one config file, relative to this file's "
+                                  f"folder")
+        if base.startswith(("https://", "http://")):
+            return chain  # fetched by fast-reid's PathManager
+        resolved = os.path.expanduser(base)
+        if not resolved.startswith("/"):
+            resolved = os.path.join(os.path.dirname(path), resolved)
+        if not os.path.isfile(resolved):
+            raise ConfigFileError(
+                f"{_BASE_KEY} file {base!r} not found (looked for {os.path.abspath(resolved)})",
+                path, f"a {_BASE_KEY} path is relative to the file that includes it "
+                f"({os.path.dirname(os.path.abspath(path))}), not to the working directory: "
+                f"fix the path")
+        path = resolved
+
+
+_TYPE_MISMATCH = re.compile(r"Type mismatch \(<class '([\w.]+)'> vs\. <class '([\w.]+)'>\)"
+                            r".* for config key: (\S+)", re.S)
+
+
+def _type_name(qualified):
+    name = qualified.rsplit(".", 1)[-1]
+    return "mapping of sub-keys" if name == "CfgNode" else name
+
+
+def _type_mismatch(e):
+    """yacs' "Type mismatch (...) with values (<whole sub-tree> vs. ...)" in a few words."""
+    m = _TYPE_MISMATCH.search(str(e))
+    if m is None:
+        return str(e).strip()[:300] or type(e).__name__
+    old, new, key = m.groups()
+    return (f"config key {key} has a value of type {_type_name(new)} where its default is of "
+            f"type {_type_name(old)}")
+
+
 def merge_config(cfg, config_file="", opts=()):
-    """``cfg.merge_from_file`` + ``merge_from_list`` with a one-line error for an unknown key."""
+    """``cfg.merge_from_file`` + ``merge_from_list`` with a one-line error for an unknown key,
+    and for a config file (or a ``_BASE_``) that is not a readable config
+    (``check_config_file``)."""
     if config_file:
         if not os.path.isfile(config_file):
             raise FileNotFoundError(f"Config file not found: {config_file}")
+        check_config_file(config_file)
+        where = f"config file {config_file} (or a _BASE_ it includes)"
         try:
             cfg.merge_from_file(config_file)
         except KeyError as e:
-            err = _unknown_key_error(cfg, e, f"config file {config_file} (or a _BASE_ it "
-                                             f"includes)")
+            err = _unknown_key_error(cfg, e, where)
             if err is None:
                 raise
             raise err from None
+        except (AssertionError, ValueError) as e:  # yacs / fast-reid: a value of another type,
+            if isinstance(e, UserError):           # "Cannot inherit key 'X' from base!"
+                raise
+            raise ConfigFileError(_type_mismatch(e), config_file + (
+                " or a _BASE_ it includes" if _BASE_KEY in _read_yaml(config_file) else ""),
+                "give each key a value of its default's type (a mapping where the default "
+                "has sub-keys)") from None
     try:
         cfg.merge_from_list(list(opts or []))
     except (KeyError, AssertionError) as e:
@@ -240,24 +389,5 @@ def setup_cfg(config_file="", opts=()):
     cfg = get_cfg()
     add_gltrans_config(cfg)
     merge_config(cfg, config_file, opts)  # an unknown key: ConfigKeyError naming it and the file
-    fall_back_to_cpu(cfg)
+    fall_back_to_cpu(cfg)  # MODEL.DEVICE cuda on a machine without a GPU -> cpu
     return cfg
-
-
-def fall_back_to_cpu(cfg, log=None):
-    """MODEL.DEVICE "cuda..." -> "cpu" in place (a frozen ``cfg`` stays frozen) where torch sees
-    no CUDA GPU, with one log line on ``log`` (default: this module's logger; False: none).
-    Returns the device it replaced, or None when ``cfg`` is kept."""
-    import torch
-
-    device = str(cfg.MODEL.DEVICE)
-    if not device.startswith("cuda") or torch.cuda.is_available():
-        return None
-    frozen = cfg.is_frozen()
-    cfg.defrost()
-    cfg.MODEL.DEVICE = "cpu"
-    if frozen:
-        cfg.freeze()
-    if log is not False:
-        (log or logger).info(f"No CUDA GPU is visible to torch: MODEL.DEVICE {device} -> cpu.")
-    return device

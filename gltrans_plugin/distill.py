@@ -36,7 +36,8 @@ __all__ = ["GLTransDistiller", "build_teacher", "teacher_logits"]
 
 def build_teacher(config_file: str, weights: str):
     """A frozen teacher in eval mode from its yaml (plugin keys known) and trained weights."""
-    from .engine import build_trained_model, setup_cfg
+    from .config import setup_cfg
+    from .loading import build_trained_model
 
     if not weights:
         raise ValueError(f"teacher {config_file!r} has no weights: set KD.MODEL_WEIGHTS (one "

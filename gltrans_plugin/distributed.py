@@ -4,7 +4,7 @@
   a busy rendezvous port (``--dist-url``; fast-reid's default is one fixed port per user) is
   replaced by a free one, with a warning naming the process that holds it; across machines
   (where every machine must use the same address) it is an error naming the holder.
-* ``die_with_launcher``: called first in every worker (``compat._distributed_worker``): the
+* ``die_with_launcher``: called first in every worker (``distributed_worker``): the
   kernel kills the worker when the launcher dies (Linux ``prctl(PR_SET_PDEATHSIG)``; elsewhere
   a watchdog thread polling the parent pid), so a ``kill -9`` of the launcher leaves no worker
   writing checkpoints into ``OUTPUT_DIR`` or holding the port.
@@ -21,11 +21,13 @@ import threading
 import time
 from urllib.parse import urlparse
 
+from . import devices
 from .errors import UserError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["broadcast_buffers", "die_with_launcher", "free_dist_url", "launch", "port_holders"]
+__all__ = ["broadcast_buffers", "die_with_launcher", "distributed_worker", "free_dist_url", "launch",
+           "launch_device", "port_holders"]
 
 LAUNCHER_PID_ENV = "GLTRANS_LAUNCHER_PID"
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0", "::1", "")
@@ -153,7 +155,7 @@ def free_dist_url(dist_url, num_machines=1, machine_rank=0):
 def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist_url=None,
            args=()):
     """fast-reid's ``launch`` with a free rendezvous port and workers that die with this
-    process (``die_with_launcher``, run by ``compat._distributed_worker``)."""
+    process (``die_with_launcher``, run by ``distributed_worker``)."""
     from fastreid.engine import launch as fastreid_launch
 
     if num_gpus_per_machine * num_machines > 1:
@@ -183,3 +185,53 @@ def broadcast_buffers(model):
                 dist.broadcast(b, src=0)
                 n += 1
     return n
+
+
+# ----------------------------------------------------------------------------- worker
+def launch_device(args):
+    """cfg.MODEL.DEVICE of the run a launched worker is for (from its --config-file and opts),
+    or None where that cannot be read here (the worker's own set-up then reports it)."""
+    ns = args[0] if args else None
+    if not hasattr(ns, "opts"):
+        return None
+    try:
+        from .config import setup_cfg
+
+        return str(setup_cfg(getattr(ns, "config_file", ""), list(ns.opts or [])).MODEL.DEVICE)
+    except Exception:  # noqa: BLE001  (reported by the worker's setup, with its message)
+        return None
+
+
+def distributed_worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_rank,
+                        dist_url, args):
+    """fast-reid's launch worker (``fastreid.engine.launch._distributed_worker``, which the plugin's
+    runtime patch replaces with this one): NCCL and one GPU per worker for a CUDA MODEL.DEVICE,
+    gloo otherwise; the worker dies with its launcher and shuts its process group down cleanly."""
+    import torch
+    import torch.distributed as dist
+    from fastreid.utils import comm
+
+    die_with_launcher()  # a killed launcher leaves no worker behind (distributed.py)
+    device = launch_device(args)  # NCCL and one GPU per worker only for a CUDA MODEL.DEVICE
+    use_cuda = devices.cuda_available() and (device is None or device.startswith("cuda"))
+    global_rank = machine_rank * num_gpus_per_machine + local_rank
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method=dist_url,
+                            world_size=world_size, rank=global_rank)
+    if use_cuda:
+        if num_gpus_per_machine > torch.cuda.device_count():
+            raise RuntimeError(f"--num-gpus {num_gpus_per_machine} but only "
+                               f"{torch.cuda.device_count()} GPUs are visible.")
+        torch.cuda.set_device(local_rank)
+    comm.synchronize()
+    num_machines = world_size // num_gpus_per_machine
+    for i in range(num_machines):
+        ranks = list(range(i * num_gpus_per_machine, (i + 1) * num_gpus_per_machine))
+        pg = dist.new_group(ranks)
+        if i == machine_rank:
+            comm._LOCAL_PROCESS_GROUP = pg
+    main_func(*args)
+    # Clean shutdown: wait until every rank is done, then join the backend's threads.  A worker
+    # exiting with its process group alive can abort in a C++ destructor ("terminate called
+    # without an active exception", SIGABRT) while another rank still talks to it.
+    comm.synchronize()
+    dist.destroy_process_group()

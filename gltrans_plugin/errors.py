@@ -15,11 +15,14 @@ ones (missing files, unreadable checkpoints, yacs' config errors, ENOSPC) are re
 their message.  Multi-process runs: each worker reports its own error (``guarded``) and exits
 with that code (a rank other than 0 prints its line after 3 s, so that when rank 0 failed the
 same way only rank 0's line shows); the launcher then adds nothing
-(``ProcessExitedException`` with code 2).
+(``ProcessExitedException`` with code 2).  An error raised in a DataLoader worker process, which
+torch re-raises with the worker's whole traceback as its message, is reported from the
+original error's message alone (its file and fix first).
 """
 import errno
 import os
 import pickle
+import re
 import sys
 import time
 import traceback
@@ -29,6 +32,7 @@ __all__ = [
     "DiskFullError",
     "EXIT_INTERNAL",
     "EXIT_USER",
+    "NonFiniteFeaturesError",
     "UserError",
     "format_error",
     "guarded",
@@ -75,6 +79,10 @@ class CorruptImageError(OSError):
 
 class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or infinite; raised before the optimizer step."""
+
+
+class NonFiniteFeaturesError(UserError, FloatingPointError):
+    """A model gave NaN or infinite features: names the images and the weights."""
 
 
 class DiskFullError(UserError, OSError):
@@ -127,6 +135,50 @@ def _chain(exc):
     return seen
 
 
+# torch's DataLoader re-raises a worker's error as ``Type("Caught Type in DataLoader worker
+# process N.\nOriginal Traceback (most recent call last): ...")`` (torch/_utils.py,
+# ExceptionWrapper.reraise): the original message is the end of that traceback.
+_WRAPPED = re.compile(r"^Caught (\w+) (in [^\n]*)\.\nOriginal Traceback \(most recent call last\)")
+
+
+def _unwrapped(exc):
+    """(type name, message) of ``exc``; for an error re-raised from a DataLoader worker, the
+    original error's type name and message (not the worker's traceback)."""
+    text = str(exc)
+    if not _WRAPPED.match(text):
+        return type(exc).__name__, text
+    lines = text.splitlines()
+    last_frame = max((i for i, ln in enumerate(lines) if ln.startswith("  File ")), default=0)
+    tail = lines[last_frame + 1:]
+    while tail and (not tail[0].strip() or tail[0].startswith(" ")):  # code line, ^^^ marks
+        tail = tail[1:]
+    if not tail:
+        return type(exc).__name__, text
+    head, _, message = tail[0].partition(": ")
+    name = head.rsplit(".", 1)[-1]
+    return name, "\n".join([message] + tail[1:])
+
+
+def _in_the_way(exc):
+    """The existing regular file that stands where ``exc`` (FileExistsError /
+    NotADirectoryError of a folder being made or written into) needs a folder, or None."""
+    if not isinstance(exc, (FileExistsError, NotADirectoryError)) or not exc.filename:
+        return None
+    path = os.path.abspath(os.fsdecode(exc.filename))
+    while path and not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+    if isinstance(exc, NotADirectoryError):  # the file is the path or one of its parents
+        while path and not os.path.isfile(path):
+            parent = os.path.dirname(path)
+            if parent == path:
+                return None
+            path = parent
+    return path if os.path.isfile(path) else None
+
+
 def _enospc(exc):
     return next((e for e in _chain(exc) if isinstance(e, OSError)
                  and e.errno == errno.ENOSPC), None)
@@ -151,8 +203,14 @@ def format_error(exc):
     if disk is not None:
         path = disk.filename or "?"
         return "error: " + str(DiskFullError(path)), EXIT_USER
+    name, message = _unwrapped(exc)
     if isinstance(exc, (UserError, ConfigKeyError, CorruptImageError, NonFiniteLossError)):
-        return "error: " + _one_line(exc), EXIT_USER
+        return "error: " + _one_line(message), EXIT_USER
+    file = _in_the_way(exc)
+    if file is not None:
+        return (f"error: a file is in the way where a folder is needed ({file}): move or "
+                f"remove the file, or choose another folder (OUTPUT_DIR, the tool's output "
+                f"option)"), EXIT_USER
     if isinstance(exc, FileNotFoundError) and exc.filename and exc.errno:
         return (f"error: file or folder not found ({exc.filename}): check the path (relative "
                 f"paths are from {os.getcwd()})"), EXIT_USER
@@ -161,9 +219,9 @@ def format_error(exc):
                 f"choose another path"), EXIT_USER
     if isinstance(exc, (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
                         pickle.UnpicklingError, FloatingPointError)):
-        return "error: " + _one_line(exc), EXIT_USER
+        return "error: " + _one_line(message), EXIT_USER
     where = _log_file()
-    return (f"error: internal error, {type(exc).__name__}: {_one_line(exc)[:300]}"
+    return (f"error: internal error, {name}: {_one_line(message)[:300]}"
             + (f" ({where})" if where else "")
             + ": this is a bug, not a problem with your input; rerun with --debug (or "
               f"{DEBUG_ENV}=1) for the traceback and report it"), EXIT_INTERNAL

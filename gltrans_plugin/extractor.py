@@ -9,8 +9,11 @@
 The images get exactly the test loader's preprocessing (fast-reid's ``read_image``, which the
 plugin makes return RGB, then ``build_transforms(cfg, is_train=False)``), so a file's feature
 equals the evaluator's feature of that file.  Any model ``engine.load_model`` builds works
-(GLTrans, fast-reid's ``Baseline``, ...).  Also here: the image listing, list-file reading and
-Market-style camera-id parsing the feature and search tools share.
+(GLTrans, fast-reid's ``Baseline``, ...).  Inputs are checked, not guessed: an empty crop,
+NaN / infinite values, a float tensor in 0..1 (the model takes 0..255; ``value_range=1`` says
+so), a folder given as an image are errors naming the image; features that come out NaN /
+infinite are an error naming the images and the weights.  Also here: the image listing,
+list-file reading and Market-style camera-id parsing the feature and search tools share.
 """
 import logging
 import numbers
@@ -23,19 +26,26 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .data.folder import IMAGE_EXTENSIONS, MARKET_NAME
-from .errors import CorruptImageError
+from .data.datasets import DatasetError, parse_market_name
+from .data.folder import IMAGE_EXTENSIONS
+from .errors import CorruptImageError, UserError
+from .evaluation.index import check_finite_features
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FeatureExtractor", "IMAGE_EXTENSIONS", "camids_from_names", "image_camids",
-           "list_images", "per_image_ids", "read_image_list"]
+__all__ = ["FeatureExtractor", "IMAGE_EXTENSIONS", "ImageInputError", "camids_from_names",
+           "image_camids", "list_images", "per_image_ids", "read_image_list"]
 
 CAMID_STYLES = ("market",)
 
 _INPUT_TYPES = ("a file path, a PIL image, an H x W x 3 uint8 numpy array (RGB, or BGR with "
                 "bgr=True), a 3 x H x W / B x 3 x H x W float tensor of 0..255 values, or a "
                 "list of these")
+VALUE_RANGES = (255, 1)  # what a float tensor's pixel values span: 0..255 (fast-reid) or 0..1
+
+
+class ImageInputError(UserError, ValueError):
+    """An image given to the extractor or a tool that it cannot use as it is."""
 
 
 class FeatureExtractor:
@@ -56,7 +66,7 @@ class FeatureExtractor:
 
     def __init__(self, config_file, weights=None, device="auto", batch_size=64, amp=False,
                  flip_test=False, normalize=True, bgr=False, opts=()):
-        from .engine import load_model
+        from .loading import load_model
 
         cfg, model = load_model(config_file, weights or None, list(opts), device)
         self._setup(cfg, model, batch_size, amp, flip_test, normalize, bgr)
@@ -92,7 +102,8 @@ class FeatureExtractor:
                         self.device)
 
     # ------------------------------------------------------------------ public
-    def __call__(self, images, camids=None, viewids=None, bgr=None, progress=False):
+    def __call__(self, images, camids=None, viewids=None, bgr=None, progress=False,
+                 value_range=255):
         """N x D float32 CPU features of ``images``.
 
         ``images``: one image or a list; each a file path (read as the test loader reads
@@ -102,9 +113,14 @@ class FeatureExtractor:
         batches hold them (resized to INPUT.SIZE_TEST if it has another size).
         ``camids`` / ``viewids``: None (not known: the model's SIE_UNSEEN policy applies), one
         int for every image, or one per image (0-based; None or -1 where not known).
-        ``progress``: a tqdm bar over the batches.
+        ``progress``: a tqdm bar over the batches.  ``value_range``: what a float tensor's
+        values span, 255 (0..255, the default) or 1 (0..1, scaled by 255 here); a float tensor
+        whose values all lie in 0..1 under the default is an error, not a guess.
         """
         bgr = self.bgr if bgr is None else bool(bgr)
+        if value_range not in VALUE_RANGES:
+            raise ValueError(f"value_range={value_range!r}: give 255 (pixels 0..255) or 1 "
+                             f"(0..1).")
         items = _flatten(images)
         n = len(items)
         cams = per_image_ids(camids, n, "camids")
@@ -117,23 +133,26 @@ class FeatureExtractor:
         out = []
         for s in starts:
             e = min(n, s + self.batch_size)
-            batch = torch.stack([self._load(items[i], i, bgr) for i in range(s, e)])
+            batch = torch.stack([self._load(items[i], i, bgr, value_range)
+                                 for i in range(s, e)])
             inputs = {"images": batch.to(self.device)}
             if cams is not None:
                 inputs["camids"] = cams[s:e].to(self.device)
             if views is not None:
                 inputs["viewids"] = views[s:e].to(self.device)
             out.append(self._forward(inputs))
+            check_finite_features(out[-1], [_name(items[i], i) for i in range(s, e)],
+                                  self.cfg.MODEL.WEIGHTS)
         feats = torch.cat(out)
         return F.normalize(feats, dim=1) if self.normalize else feats
 
-    def preprocess(self, image, bgr=None):
+    def preprocess(self, image, bgr=None, value_range=255):
         """One image (any input form of ``__call__``) -> the 3 x H x W float tensor (0..255)
         the model gets."""
         items = _flatten(image)
         if len(items) != 1:
             raise ValueError(f"preprocess takes one image, got {len(items)}.")
-        return self._load(items[0], 0, self.bgr if bgr is None else bool(bgr))
+        return self._load(items[0], 0, self.bgr if bgr is None else bool(bgr), value_range)
 
     # ------------------------------------------------------------------ internals
     @torch.no_grad()
@@ -160,27 +179,32 @@ class FeatureExtractor:
             dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return torch.autocast("cuda", dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
 
-    def _load(self, item, i, bgr):
+    def _load(self, item, i, bgr, value_range=255):
         if isinstance(item, (str, os.PathLike)):
             return self.transform(_read(os.fspath(item)))
         if isinstance(item, Image.Image):
             from .data.images import to_rgb
 
+            _check_size(item.height, item.width, i)
             return self.transform(to_rgb(item))
         if isinstance(item, np.ndarray):
             return self.transform(_array_to_pil(item, i, bgr))
         if torch.is_tensor(item):
-            return self._tensor(item, i)
+            return self._tensor(item, i, value_range)
         raise ValueError(f"image {i}: {type(item).__name__} is not an image input; give "
                          f"{_INPUT_TYPES}.")
 
-    def _tensor(self, t, i):
+    def _tensor(self, t, i, value_range=255):
         if t.dim() != 3 or t.shape[0] != 3:
             raise ValueError(f"image {i}: tensor of shape {tuple(t.shape)}; expected 3 x H x W "
                              f"(RGB, 0..255, as fast-reid batches; permute an H x W x 3 tensor "
                              f"with .permute(2, 0, 1)).")
+        _check_size(t.shape[1], t.shape[2], i)
         t = t.detach().cpu()
         t = t.float() if not t.is_floating_point() else t.to(torch.float32)
+        _check_values(t, i, value_range)
+        if value_range == 1:
+            t = t * 255.0
         if self._target_hw is not None and tuple(t.shape[1:]) == self._target_hw:
             return t
         for tf in self.transform.transforms:  # Resize / CenterCrop work on tensors too
@@ -198,9 +222,50 @@ def _output_size(cfg):
     return tuple(size[:2]) if len(size) == 2 and size[0] > 0 else None
 
 
+def _check_size(h, w, i):
+    if h == 0 or w == 0:
+        raise ImageInputError(f"image {i} is empty ({h} x {w} pixels)", f"image {i}",
+                              "give a crop of at least one pixel each way (an empty detection "
+                              "box gives none: drop it before extracting)")
+
+
+def _check_values(t, i, value_range):
+    """A float image tensor: finite, and in 0..``value_range``, not ambiguous."""
+    finite = torch.isfinite(t)
+    if not bool(finite.all()):
+        raise ImageInputError(f"image {i} holds {int((~finite).sum())} NaN / infinite pixel "
+                              f"values", f"image {i}", "give finite pixel values (0..255)")
+    if t.numel() == 0:
+        return
+    lo, hi = float(t.min()), float(t.max())
+    if lo < 0:
+        raise ImageInputError(
+            f"image {i} has negative pixel values (min {lo:.3g}): it looks normalised already",
+            f"image {i}", "give raw 0..255 pixels; the model normalises them itself "
+            "(MODEL.PIXEL_MEAN / PIXEL_STD)")
+    if hi > value_range * (1 + 1e-3):
+        raise ImageInputError(f"image {i} has pixel values up to {hi:.4g}, beyond "
+                              f"0..{value_range}", f"image {i}",
+                              "give 0..255 pixels" + (" or drop value_range=1"
+                                                      if value_range == 1 else ""))
+    if value_range == 255 and 0 < hi <= 1:
+        raise ImageInputError(
+            f"image {i} is a float tensor with every value in 0..1 (max {hi:.3g}); the model "
+            f"takes 0..255 pixels", f"image {i}",
+            "multiply it by 255, or pass value_range=1 to say the tensor is in 0..1")
+
+
+def _name(item, i):
+    return os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"image {i}"
+
+
 def _read(path):
     from fastreid.data.data_utils import read_image  # the plugin's RGB reader
 
+    if os.path.isdir(path):
+        raise ImageInputError("a folder was given as an image", path,
+                              "give image files; for every image under a folder use --input "
+                              "DIR (tools) or list_images(folder)")
     if not os.path.isfile(path):
         raise FileNotFoundError(2, "image file not found", path)
     try:
@@ -220,6 +285,7 @@ def _array_to_pil(a, i, bgr):
         raise ValueError(f"image {i}: numpy array of dtype {a.dtype}; expected uint8 0..255 "
                          f"(convert with np.clip(a, 0, 255).astype(np.uint8); float images in "
                          f"0..1: multiply by 255 first).")
+    _check_size(a.shape[0], a.shape[1], i)
     if bgr:
         a = a[..., ::-1]
     return Image.fromarray(np.ascontiguousarray(a), mode="RGB")
@@ -290,17 +356,36 @@ def list_images(folder: str) -> List[str]:
     for d, dirs, files in os.walk(folder):
         dirs.sort()
         out += [os.path.join(d, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+    for p in out:
+        _check_link(p)
     return sorted(os.path.abspath(p) for p in out)
+
+
+def _check_link(path):
+    """An image path that is a symbolic link must lead to a file."""
+    import errno
+
+    if not os.path.islink(path):
+        return
+    try:
+        os.stat(path)
+    except OSError as e:
+        why = ("loops (it leads back to itself)" if e.errno == errno.ELOOP
+               else f"points to {os.readlink(path)}, which does not exist")
+        raise ImageInputError(f"broken symbolic link: it {why}", os.path.abspath(path),
+                              "fix its target or remove the link") from None
 
 
 def read_image_list(list_file: str):
     """(absolute paths, camids or None per line) of a list file: one image path per line,
     optionally followed by whitespace (or a tab) and an integer camera id; blank lines and
     lines starting with ``#`` are skipped; relative paths are relative to the list file's
-    folder."""
+    folder.  UTF-8 with or without a byte-order mark, any line ends; bytes that are not UTF-8
+    are kept (surrogate escapes), so such file names still open.  An image listed twice is a
+    ``DatasetError`` naming both lines (its features would be counted twice)."""
     base = os.path.dirname(os.path.abspath(list_file))
-    paths, cams = [], []
-    with open(list_file) as f:
+    paths, cams, seen = [], [], {}
+    with open(list_file, encoding="utf-8-sig", errors="surrogateescape") as f:
         for n, line in enumerate(f, 1):
             line = line.strip()
             if not line or line.startswith("#"):
@@ -309,7 +394,12 @@ def read_image_list(list_file: str):
             parts = line.rsplit("\t", 1) if "\t" in line else line.rsplit(None, 1)
             if len(parts) == 2 and re.fullmatch(r"-?\d+", parts[1].strip()):
                 path, cam = parts[0].strip(), int(parts[1])
-            paths.append(os.path.normpath(os.path.join(base, os.path.expanduser(path))))
+            path = os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+            first = seen.setdefault(path, n)
+            if first != n:
+                raise DatasetError(f"image {path} is listed twice, on lines {first} and {n}",
+                                   f"{list_file}:{n}", "remove one of the two lines")
+            paths.append(path)
             cams.append(cam)
     if not paths:
         raise ValueError(f"{list_file}: no image paths in the list file (one path per line, "
@@ -336,15 +426,9 @@ def image_camids(paths, list_camids, camid=None, camid_from_name=None):
 
 def camids_from_names(paths: Sequence[str], style: str = "market") -> List[int]:
     """0-based camera ids parsed from file names: ``market`` = Market-1501 / DukeMTMC names
-    ``<pid>_c<cam>...`` (camera 3 -> 2)."""
+    ``<pid>_c<cam>...`` (camera 3 -> 2, c10 -> 9; ``datasets.parse_market_name``)."""
     if style not in CAMID_STYLES:
         raise ValueError(f"camera-id style {style!r}: use one of {CAMID_STYLES}.")
-    out = []
-    for p in paths:
-        m = MARKET_NAME.match(os.path.basename(p))
-        if m is None or int(m.group(2)) < 1:
-            raise ValueError(f"{p}: the name is not <pid>_c<camera>... (Market-1501 / DukeMTMC "
-                             f"form, camera from 1), so no camera id can be read from it; give "
-                             f"--camid N or a list file with a camera-id column.")
-        out.append(int(m.group(2)) - 1)
-    return out
+    fix = ("no camera id can be read from its name: give --camid N, or a list file with a "
+           "camera-id column")
+    return [parse_market_name(p, naming="Market-1501 / DukeMTMC", fix=fix)[1] for p in paths]

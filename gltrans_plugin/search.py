@@ -156,17 +156,17 @@ def write_html(results: List[dict], html_path: str, thumbnails: str = "relative"
         else:
             target = path
         rel = os.path.relpath(target, folder).replace(os.sep, "/")
-        return urllib.parse.quote(rel)
+        return urllib.parse.quote(rel, errors="surrogateescape")  # a non-UTF-8 name's bytes
 
     sources = []
 
     def figure(path, caption, cls=""):
         s = src(path)
         sources.append(s)
-        name = html.escape(os.path.basename(path))
+        name = html.escape(_readable(os.path.basename(path)))
         klass = f' class="{cls}"' if cls else ""
         return (f'<figure{klass}><img src="{html.escape(s, quote=True)}" alt="{name}" '
-                f'title="{html.escape(path, quote=True)}"><figcaption>{caption}<br>'
+                f'title="{html.escape(_readable(path), quote=True)}"><figcaption>{caption}<br>'
                 f'<span class="name">{name}</span></figcaption></figure>')
 
     rows = []
@@ -187,6 +187,11 @@ def write_html(results: List[dict], html_path: str, thumbnails: str = "relative"
     with open(html_path, "w", encoding="utf-8") as f:
         f.write(page)
     return sources
+
+
+def _readable(text):
+    """``text`` with the bytes of a non-UTF-8 file name (surrogate escapes) shown as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _thumbnail(path, out):

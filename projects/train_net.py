@@ -17,8 +17,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import gltrans_plugin  # noqa: E402,F401  (compat fixes + registrations)
 from fastreid.engine import default_argument_parser  # noqa: E402
 from gltrans_plugin.distributed import launch  # noqa: E402
-from gltrans_plugin.engine import (  # noqa: E402
-    Trainer, build_trained_model, default_setup_gltrans, setup_cfg)
+from gltrans_plugin.config import setup_cfg  # noqa: E402
+from gltrans_plugin.engine import Trainer, default_setup_gltrans  # noqa: E402
+from gltrans_plugin.loading import build_trained_model  # noqa: E402
 from gltrans_plugin.errors import guarded, run_main, set_log_dir  # noqa: E402
 
 

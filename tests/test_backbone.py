@@ -38,8 +38,8 @@ def test_grid_sizes(size, stride, grid):
     assert m.grid_size == grid and m.pos_embed.shape == (1, 1 + grid[0] * grid[1], 8)
     with torch.no_grad():
         out = m(torch.randn(1, 3, *size))
-    assert out["grid"] == grid
-    assert out["patches"][0].shape == (1, grid[0] * grid[1], 8)
+    assert out.grid == grid
+    assert out.patches[0].shape == (1, grid[0] * grid[1], 8)
 
 
 def test_output_structure_and_forward_features():
@@ -50,13 +50,13 @@ def test_output_structure_and_forward_features():
         out = m(x)
         feat = m.forward_features(x)
     assert set(out._fields) == {"cls", "patches", "grid"}
-    assert out["grid"] == (5, 2)
-    assert [tuple(t.shape) for t in out["cls"]] == [(2, 32)] * 3
-    assert [tuple(t.shape) for t in out["patches"]] == [(2, 10, 32)] * 3
-    torch.testing.assert_close(feat, out["cls"][-1])
+    assert out.grid == (5, 2)
+    assert [tuple(t.shape) for t in out.cls] == [(2, 32)] * 3
+    assert [tuple(t.shape) for t in out.patches] == [(2, 10, 32)] * 3
+    torch.testing.assert_close(feat, out.cls[-1])
     # the cls tokens are normed by their own LayerNorm; the patches are not normed
-    assert torch.allclose(out["cls"][0].mean(-1), torch.zeros(2), atol=1e-5)
-    assert out["patches"][0].mean(-1).abs().max() > 1e-3
+    assert torch.allclose(out.cls[0].mean(-1), torch.zeros(2), atol=1e-5)
+    assert out.patches[0].mean(-1).abs().max() > 1e-3
     # no unused final norm
     assert not any(n.startswith("norm.") for n, _ in m.named_parameters())
     assert len(m.cls_norms) == 3
@@ -74,7 +74,7 @@ def test_every_parameter_gets_a_gradient(sie):
     m = tiny(depth=3, drop_path_rate=0.1, **sie).train()
     x = torch.randn(4, 3, 64, 32)
     out = m(x, camids=torch.tensor([0, 1, 2, 1]), viewids=torch.tensor([0, 1, 1, 0]))
-    loss = sum((t * torch.randn_like(t)).sum() for t in out["cls"] + out["patches"])
+    loss = sum((t * torch.randn_like(t)).sum() for t in out.cls + out.patches)
     loss.backward()
     no_grad = [n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert no_grad == []
@@ -230,6 +230,6 @@ def test_other_input_size_resamples_pos_embed():
     m = tiny(depth=1, agg_layers=(-1,)).eval()
     with torch.no_grad():
         out = m(torch.randn(1, 3, 88, 40))
-    assert out["grid"] == (7, 3) and out["patches"][0].shape == (1, 21, 32)
+    assert out.grid == (7, 3) and out.patches[0].shape == (1, 21, 32)
     with pytest.raises(ValueError, match="smaller than one patch"):
         m(torch.randn(1, 3, 12, 32))

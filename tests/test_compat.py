@@ -222,7 +222,7 @@ def _tiny_test_loader(cfg):
     from fastreid.data.common import CommDataset
     from fastreid.data.transforms import build_transforms
 
-    from gltrans_plugin.engine import build_dataset
+    from gltrans_plugin.data import build_dataset
 
     data = build_dataset(cfg, "Market1501")
     test_set = CommDataset(data.query + data.gallery, build_transforms(cfg, is_train=False), False)

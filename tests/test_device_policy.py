@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from gltrans_plugin import compat
+from gltrans_plugin import devices
 
 from conftest import resnet_cfg
 from test_cuda import check_amp_steps, check_flip
@@ -17,40 +17,38 @@ from test_cuda import check_amp_steps, check_flip
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture
-def data_device():
-    yield compat.set_data_device
-    compat.set_data_device(None)
-
-
-def test_loader_on_cpu_model_stays_on_cpu_where_cuda_exists(monkeypatch, data_device):
+def test_loader_on_cpu_model_stays_on_cpu_where_cuda_exists(monkeypatch):
     from fastreid.data.data_utils import DataLoaderX
 
-    monkeypatch.setattr(compat, "_cuda", lambda: True)  # a machine with a GPU ...
-    data_device("cpu")  # ... and a MODEL.DEVICE cpu model
-    assert not compat._loader_cuda()
-    loader = DataLoaderX(0, dataset=[{"x": torch.ones(2)} for _ in range(4)], batch_size=2,
-                         pin_memory=True)
+    monkeypatch.setattr(devices, "cuda_available", lambda: True)  # a machine with a GPU ...
+    with devices.loader_device("cpu"):  # ... and a MODEL.DEVICE cpu model
+        assert not devices.loader_uses_cuda()
+        loader = DataLoaderX(0, dataset=[{"x": torch.ones(2)} for _ in range(4)], batch_size=2,
+                             pin_memory=True)
+    assert not loader.uses_cuda
     assert loader.stream is None and not loader.pin_memory  # no copy stream, nothing pinned
+    monkeypatch.setattr(devices, "cuda_available", lambda: torch.cuda.is_available())
     batches = list(loader)
     assert len(batches) == 2 and batches[0]["x"].device.type == "cpu"
-    data_device("cuda")
-    assert compat._loader_cuda()
-    data_device(None)  # fast-reid's own rule: CUDA where there is one
-    assert compat._loader_cuda()
-    monkeypatch.setattr(compat, "_cuda", lambda: False)
-    data_device("cuda")
-    assert not compat._loader_cuda()
+    monkeypatch.setattr(devices, "cuda_available", lambda: True)
+    with devices.loader_device("cuda"):
+        assert devices.loader_uses_cuda()
+    assert devices.loader_uses_cuda()  # outside any block: fast-reid's rule, CUDA where there is
+    monkeypatch.setattr(devices, "cuda_available", lambda: False)
+    with devices.loader_device("cuda"):
+        assert not devices.loader_uses_cuda()
 
 
-def test_trainer_loaders_set_the_data_device(tiny_market, tmp_path, data_device):
+def test_trainer_loaders_follow_the_model_device(tiny_market, tmp_path, monkeypatch):
     from gltrans_plugin.engine import Trainer
 
     cfg = resnet_cfg(tiny_market, str(tmp_path))
     assert cfg.MODEL.DEVICE == "cpu" or torch.cuda.is_available()
-    data_device("something else")
-    Trainer.build_test_loader(cfg, "Market1501")
-    assert compat._DATA_DEVICE[0] == cfg.MODEL.DEVICE
+    monkeypatch.setattr(devices, "cuda_available", lambda: True)  # a GPU machine, a CPU model
+    cfg.defrost()
+    cfg.MODEL.DEVICE = "cpu"
+    loader, _ = Trainer.build_test_loader(cfg, "Market1501")
+    assert not loader.uses_cuda and loader.stream is None
 
 
 def test_trainer_honours_cudnn_benchmark(tiny_market, tmp_path):
@@ -77,9 +75,9 @@ def test_launch_backend_follows_model_device(monkeypatch):
 
     from gltrans_plugin import distributed
 
-    assert compat._launch_device((_ns("MODEL.DEVICE", "cpu"),)) == "cpu"
-    assert compat._launch_device(()) is None
-    assert compat._launch_device((_ns("NO.SUCH.KEY", "1"),)) is None  # the worker reports it
+    assert distributed.launch_device((_ns("MODEL.DEVICE", "cpu"),)) == "cpu"
+    assert distributed.launch_device(()) is None
+    assert distributed.launch_device((_ns("NO.SUCH.KEY", "1"),)) is None  # the worker reports it
     seen = []
 
     class Stop(Exception):
@@ -91,13 +89,13 @@ def test_launch_backend_follows_model_device(monkeypatch):
 
     monkeypatch.setattr(distributed, "die_with_launcher", lambda: "")
     monkeypatch.setattr(dist, "init_process_group", init_process_group)
-    monkeypatch.setattr(compat, "_cuda", lambda: True)  # a GPU machine ...
-    monkeypatch.setattr(compat, "_launch_device", lambda args: "cpu")  # ... a CPU run: gloo
+    monkeypatch.setattr(devices, "cuda_available", lambda: True)  # a GPU machine ...
+    monkeypatch.setattr(distributed, "launch_device", lambda args: "cpu")  # ... a CPU run: gloo
     with pytest.raises(Stop):
-        compat._distributed_worker(0, print, 2, 2, 0, "tcp://127.0.0.1:1", ())
-    monkeypatch.setattr(compat, "_launch_device", lambda args: "cuda")
+        distributed.distributed_worker(0, print, 2, 2, 0, "tcp://127.0.0.1:1", ())
+    monkeypatch.setattr(distributed, "launch_device", lambda args: "cuda")
     with pytest.raises(Stop):
-        compat._distributed_worker(0, print, 2, 2, 0, "tcp://127.0.0.1:1", ())
+        distributed.distributed_worker(0, print, 2, 2, 0, "tcp://127.0.0.1:1", ())
     assert seen == ["gloo", "nccl"]
 
 

@@ -295,7 +295,7 @@ def test_busy_rendezvous_port_is_replaced_and_its_holder_named(caplog):
 
 
 def test_trainer_test_shares_rank0_buffers_first(monkeypatch):
-    from gltrans_plugin import engine
+    from gltrans_plugin.engine import trainer as engine
 
     class Shared(Exception):
         pass

@@ -159,9 +159,11 @@ def test_truncated_checkpoint_names_file_and_key(tmp_path):
     torch.save({"model": torch.nn.Linear(64, 64).state_dict()}, path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
+    from gltrans_plugin.engine import checked_loads
+    from gltrans_plugin.engine.trainer import RESUME_KEY
+
     ck = Checkpointer(torch.nn.Linear(64, 64))
-    ck.source_key = "--resume (OUTPUT_DIR/last_checkpoint)"
-    with pytest.raises(CheckpointError) as e:
+    with pytest.raises(CheckpointError) as e, checked_loads(ck, lambda sd: None, key=RESUME_KEY):
         ck.load(str(path))
     msg = str(e.value)
     assert msg.startswith("the checkpoint is truncated or damaged (a zip archive without its "
@@ -213,7 +215,7 @@ def test_pretrained_weight_errors_name_the_file(tmp_path):
 def test_eval_with_checkpoint_of_another_architecture_fails(tmp_path):
     from fastreid.modeling import build_model
 
-    from gltrans_plugin.engine import load_eval_weights
+    from gltrans_plugin.loading import load_eval_weights, read_weights
 
     cfg = resnet_cfg(str(tmp_path), str(tmp_path), **{"MODEL.HEADS.NUM_CLASSES": 4})
     model = build_model(cfg)
@@ -222,13 +224,13 @@ def test_eval_with_checkpoint_of_another_architecture_fails(tmp_path):
     torch.save({"model": part}, path)
     cfg.MODEL.WEIGHTS = str(path)
     with pytest.raises(CheckpointError) as e:
-        load_eval_weights(cfg, model)
+        load_eval_weights(cfg, model, read_weights(str(path)))
     msg = str(e.value)
     assert msg.startswith("the checkpoint lacks ")
     assert "it is from another architecture, and evaluating would use random weights" in msg
     assert f"({path}, MODEL.WEIGHTS)" in msg and "TEST.ALLOW_MISSING_KEYS True" in msg
     cfg.TEST.ALLOW_MISSING_KEYS = True  # explicit opt-in
-    load_eval_weights(cfg, model)
+    load_eval_weights(cfg, model, read_weights(str(path)))
 
 
 def test_resume_after_the_number_of_identities_changed(tmp_path):

@@ -185,6 +185,7 @@ def test_threaded_overlapped_and_device_paths_identical(metric, ties, monkeypatc
             np.testing.assert_array_equal(m[k], base[k])
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_ranking_equals_fastreid():
     rng = np.random.default_rng(3)

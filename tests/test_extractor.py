@@ -176,16 +176,22 @@ def test_flip_test_and_normalisation_match_direct_computation(gl, gl_extractor):
                                F.normalize((plain + flipped) / 2, dim=1), atol=1e-6, rtol=0)
 
 
-def test_amp_is_ignored_on_cpu_and_close_to_float32_on_cuda(gl, gl_extractor):
+def test_amp_is_ignored_on_cpu(gl, gl_extractor):
     ext = gl_extractor
     paths = gl["paths"][:4]
     ref = ext(paths, camids=0)
     cpu_amp = type(ext).from_model(ext.cfg, ext.model, amp=True, normalize=False)
     torch.testing.assert_close(cpu_amp(paths, camids=0), ref, atol=1e-6, rtol=0)
-    if not torch.cuda.is_available():
-        return
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_amp_on_cuda_is_close_to_float32(gl, gl_extractor):
     import copy
 
+    ext = gl_extractor
+    paths = gl["paths"][:4]
+    ref = ext(paths, camids=0)
     cuda_model = copy.deepcopy(ext.model).cuda()
     amp = type(ext).from_model(ext.cfg, cuda_model, amp=True)
     feats = amp(paths, camids=0)

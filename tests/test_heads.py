@@ -273,11 +273,10 @@ def make_head(
 
 
 def backbone_out(b=B, k=K, grid=(6, 2)):
-    return {
-        "cls": cls_list(b=b, k=k),
-        "patches": [torch.randn(b, grid[0] * grid[1], D) for _ in range(k)],
-        "grid": grid,
-    }
+    from gltrans_plugin.modeling.backbone import BackboneOutput
+
+    return BackboneOutput(cls_list(b=b, k=k),
+                          [torch.randn(b, grid[0] * grid[1], D) for _ in range(k)], grid)
 
 
 def test_expand_branches():
@@ -316,11 +315,11 @@ def test_head_branches_necks_and_outputs():
     x = backbone_out()
     f = head(x)
     assert f.shape == (B, 5 * D)
-    assert torch.equal(f[:, -D:], x["cls"][-1])  # pre-BN last class token
+    assert torch.equal(f[:, -D:], x.cls[-1])  # pre-BN last class token
     after = make_head(neck_feat="after").eval()
     after.load_state_dict(head.state_dict())
     fa = after(x)
-    assert torch.allclose(fa[:, -D:], after.necks["cls12"].bn(x["cls"][-1]))
+    assert torch.allclose(fa[:, -D:], after.necks["cls12"].bn(x.cls[-1]))
     # GAE concat: the global branch is K*D wide
     cat = GLTransHead(
         embed_dim=D,

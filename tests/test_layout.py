@@ -11,21 +11,20 @@ from conftest import gltrans_small_cfg
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = os.path.join(REPO, "gltrans_plugin")
 
-# Rooms from the bottom up: a room may import only rooms of a lower level.
+# Rooms from the bottom up: a room may import only rooms of a lower level (docs/layout.md).
 LEVELS = {
-    "errors": 0,
-    "checkpoint": 1, "config": 1, "distributed": 1, "evaluation": 1,
-    "compat": 2,
+    "errors": 0, "devices": 0, "cli": 0, "compat": 0,
+    "checkpoint": 1, "config": 1, "evaluation": 1, "solver": 1, "card": 1,
+    "distributed": 2,
     "data": 3, "modeling": 3,
     "checks": 4,
-    "engine": 5,
-    "distill": 6, "export": 6,
+    "loading": 5, "engine": 5,
+    "distill": 6, "export": 6, "patches": 6,
     "analysis": 7, "extractor": 7,
-    "__init__": 8,
-    "reproduce": 9, "search": 9,
+    "tracking": 8,
+    "__init__": 9,
+    "reproduce": 10, "search": 10,
 }
-
-
 def _modules():
     for d, _, files in os.walk(PKG):
         for f in sorted(files):
@@ -71,12 +70,52 @@ def test_every_room_is_known_and_imports_only_downwards():
     assert bad == []
 
 
-def test_old_rooms_are_gone_and_every_module_says_what_it_is_for():
-    assert not os.path.exists(os.path.join(PKG, "reliability.py"))
-    assert not os.path.exists(os.path.join(PKG, "tools_lib"))
+def test_every_module_says_what_it_is_for():
     for path in _modules():
         doc = ast.get_docstring(ast.parse(open(path).read()))
         assert doc and doc.split("\n")[0].strip(), f"{path}: no opening docstring"
+
+
+def _decorated_with(path, name):
+    tree = ast.parse(open(path).read())
+    return [n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)
+            and any(getattr(d, "id", getattr(d, "attr", None)) == name for d in n.decorator_list)]
+
+
+def test_every_runtime_patch_lives_in_patches_and_compat_patches_nothing():
+    import gltrans_plugin
+    from gltrans_plugin import compat
+
+    outside = {}
+    for path in _modules():
+        rel = os.path.relpath(path, PKG)
+        found = _decorated_with(path, "fix")
+        if found and not rel.startswith("patches" + os.sep):
+            outside[rel] = found
+    assert outside == {}
+    in_patches = sum(len(_decorated_with(p, "fix")) for p in _modules()
+                     if os.path.relpath(p, PKG).startswith("patches" + os.sep))
+    assert in_patches == len(compat.APPLIED) == len(set(compat.APPLIED))
+    assert gltrans_plugin.compat is compat
+    _, targets = _imports(os.path.join(PKG, "compat.py"))
+    assert targets == []  # compat: import shims and the registry only
+
+
+def test_loading_and_the_tools_never_import_the_trainer():
+    """Using a trained model (loading, the extractor, the distiller, export, the tools) never
+    imports the training room; only projects/train_net.py and the tests do."""
+    trainers = {"gltrans_plugin.engine", "gltrans_plugin.engine.trainer"}
+    bad = []
+    for path in _modules():
+        mod, targets = _imports(path)
+        if _room(mod) != "engine" and trainers & {t.rsplit(".", 1)[0] if t.endswith(
+                (".Trainer",)) else t for t in targets}:
+            bad.append(mod)
+    for d, _, files in os.walk(os.path.join(REPO, "tools")):
+        for f in files:
+            if f.endswith(".py") and "gltrans_plugin.engine" in open(os.path.join(d, f)).read():
+                bad.append(f)
+    assert bad == []
 
 
 def test_no_config_fallbacks_and_no_pointers_outside_the_repository():
@@ -124,17 +163,18 @@ def test_start_up_lists_the_training_set_once(tmp_path, monkeypatch):
     assert sorted(listed) == ["bounding_box_test", "bounding_box_train", "query"]
 
 
-@pytest.mark.parametrize("old,new", [("fast", "ChunkedReidEvaluator")])
-def test_old_evaluator_name_still_works_with_a_warning(old, new, caplog, tmp_path):
+def test_evaluator_names(tmp_path):
+    from fastreid.evaluation import ReidEvaluator
+
     from gltrans_plugin.engine import Trainer
+    from gltrans_plugin.evaluation import ChunkedReidEvaluator
 
     cfg = gltrans_small_cfg(str(tmp_path / "data"), str(tmp_path / "out"), **{
-        "TEST.EVALUATOR": old, "DATASETS.SYNTHETIC.NUM_TRAIN_IDS": 4,
-        "DATASETS.SYNTHETIC.NUM_TEST_IDS": 4})
-    with caplog.at_level("WARNING", logger="gltrans_plugin.engine"):
-        _, evaluator = Trainer.build_evaluator(cfg, "SyntheticReID")
-    assert type(evaluator).__name__ == new
-    assert f"TEST.EVALUATOR '{old}' is deprecated" in caplog.text and "'chunked'" in caplog.text
-    cfg.TEST.EVALUATOR = "nope"
-    with pytest.raises(ValueError, match="TEST.EVALUATOR 'nope': use 'chunked'"):
-        Trainer.build_evaluator(cfg, "SyntheticReID")
+        "DATASETS.SYNTHETIC.NUM_TRAIN_IDS": 4, "DATASETS.SYNTHETIC.NUM_TEST_IDS": 4})
+    for name, cls in (("chunked", ChunkedReidEvaluator), ("fastreid", ReidEvaluator)):
+        cfg.TEST.EVALUATOR = name
+        assert type(Trainer.build_evaluator(cfg, "SyntheticReID")[1]) is cls
+    for name in ("nope", "fast"):  # "fast" was an old name of "chunked"
+        cfg.TEST.EVALUATOR = name
+        with pytest.raises(ValueError, match=f"TEST.EVALUATOR '{name}': use 'chunked'"):
+            Trainer.build_evaluator(cfg, "SyntheticReID")

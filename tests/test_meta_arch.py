@@ -69,7 +69,9 @@ class FakeBackbone(nn.Module):
             if i in self.agg_layers:
                 cls.append(self.cls_norms[len(cls)](z[:, 0]))
                 patches.append(z[:, 1:])
-        return {"cls": cls, "patches": patches, "grid": grid}
+        from gltrans_plugin.modeling.backbone import BackboneOutput
+
+        return BackboneOutput(cls, patches, grid)
 
 
 if "build_fake_gltrans_backbone" not in BACKBONE_REGISTRY._obj_map:

@@ -19,7 +19,8 @@ from gltrans_plugin.data import (
     generate_synthetic_reid,
 )
 from gltrans_plugin.data.datasets import DatasetError
-from gltrans_plugin.engine import Trainer, fill_num_cameras
+from gltrans_plugin.data.build import fill_num_cameras
+from gltrans_plugin.engine import Trainer
 
 # tiny synthetic sets: 4 training + 4 test identities, 2 images per identity and camera
 TINY = dict(num_train_ids=4, num_test_ids=4, images_per_id_cam=2, height=64, width=32)

@@ -49,11 +49,10 @@ def head_of(cfg, seed=0):
 def backbone_out(seed=0, scale=1.0):
     g = torch.Generator().manual_seed(seed)
     n = GRID[0] * GRID[1]
-    return {
-        "cls": [torch.randn(B, D, generator=g) * scale for _ in LAYERS],
-        "patches": [torch.randn(B, n, D, generator=g) * scale for _ in LAYERS],
-        "grid": GRID,
-    }
+    from gltrans_plugin.modeling.backbone import BackboneOutput
+
+    return BackboneOutput([torch.randn(B, D, generator=g) * scale for _ in LAYERS],
+                          [torch.randn(B, n, D, generator=g) * scale for _ in LAYERS], GRID)
 
 
 def test_released_preset_turns_every_new_switch():
@@ -88,8 +87,8 @@ def test_ptl_layernorms_have_released_eps():
     other.load_state_dict(ptl.state_dict())
     x = backbone_out(scale=1e-3)
     with torch.no_grad():
-        a = ptl(x["patches"][-1], GRID, x["cls"])
-        b = other(x["patches"][-1], GRID, x["cls"])
+        a = ptl(x.patches[-1], GRID, x.cls)
+        b = other(x.patches[-1], GRID, x.cls)
     assert (a - b).abs().max() > 1e-2
 
 
@@ -109,7 +108,7 @@ def test_test_feature_is_local_global_cls_under_preset():
         if path == RELEASED:
             assert torch.equal(f[:, : P * D], feats["local"])
             assert torch.equal(f[:, P * D : (P + 1) * D], feats["global"])
-            assert torch.equal(f[:, -D:], x["cls"][-1])
+            assert torch.equal(f[:, -D:], x.cls[-1])
 
 
 def test_head_concatenates_in_test_branches_order():

@@ -21,7 +21,8 @@ from conftest import resnet_cfg
 import gltrans_plugin  # noqa: F401
 from gltrans_plugin import checkpoint, checks, errors
 from gltrans_plugin.data import samplers
-from gltrans_plugin.engine import Trainer, setup_cfg
+from gltrans_plugin.config import setup_cfg
+from gltrans_plugin.engine import Trainer
 
 PY = sys.executable
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

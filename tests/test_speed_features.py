@@ -92,11 +92,11 @@ def test_backbone_fused_and_manual_attention_agree(count_sdpa):
     of, om = fused(x), manual(x)
     assert len(count_sdpa) == 2 and count_sdpa[0] == (3, 2, 11, 16)  # B x h x (1+N) x d
     n_fused = len(count_sdpa)
-    for a, b in zip(of["cls"] + of["patches"], om["cls"] + om["patches"]):
+    for a, b in zip(of.cls + of.patches, om.cls + om.patches):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert len(count_sdpa) == n_fused  # the manual model never called SDPA
-    sum(t.square().sum() for t in of["cls"] + of["patches"]).backward()
-    sum(t.square().sum() for t in om["cls"] + om["patches"]).backward()
+    sum(t.square().sum() for t in of.cls + of.patches).backward()
+    sum(t.square().sum() for t in om.cls + om.patches).backward()
     for (n, pa), (_, pb) in zip(fused.named_parameters(), manual.named_parameters()):
         torch.testing.assert_close(pa.grad, pb.grad, atol=1e-4, rtol=1e-4, msg=n)
 
@@ -229,7 +229,7 @@ def test_compile_failure_at_first_call_falls_back_to_eager(caplog):
     assert "falling back to eager" in caplog.text and not m._compiled
     assert all(b._compiled_call_impl is None for b in m.blocks)
     with torch.no_grad():
-        torch.testing.assert_close(out["cls"][-1], ref(x)["cls"][-1])
+        torch.testing.assert_close(out.cls[-1], ref(x).cls[-1])
     # an error of the model itself is not swallowed
     with pytest.raises(ValueError, match="smaller than one patch"):
         m(torch.randn(1, 3, 12, 32))

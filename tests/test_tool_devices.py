@@ -23,7 +23,7 @@ def test_tool_has_device_option(name):
 
 
 def test_resolve_device():
-    from gltrans_plugin.engine import resolve_device
+    from gltrans_plugin.devices import resolve_device
 
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu") == "cpu"
@@ -33,7 +33,7 @@ def test_resolve_device():
 
 
 def test_model_arg_parser_device_default_auto():
-    from gltrans_plugin.engine import model_arg_parser
+    from gltrans_plugin.cli import model_arg_parser
 
     args = model_arg_parser("doc").parse_args(["--config-file", "x.yml"])
     assert args.device == "auto"

@@ -41,7 +41,8 @@ def synth_opts(root, output_dir="", epochs=1):
 def train(config, opts):
     """fast-reid's DefaultTrainer (the plugin's subclass) on a config; returns (trainer, results,
     parameters before training)."""
-    from gltrans_plugin.engine import Trainer, setup_cfg
+    from gltrans_plugin.config import setup_cfg
+    from gltrans_plugin.engine import Trainer
 
     cfg = setup_cfg(config, opts)
     cfg.freeze()
@@ -84,12 +85,12 @@ def baseline_ckpt(synth_root, tmp_path_factory):
     from fastreid.modeling import build_model
     from fastreid.utils.checkpoint import Checkpointer
 
-    from gltrans_plugin.engine import load_cfg
+    from gltrans_plugin.loading import cfg_for_checkpoint, tool_cfg
 
     out = str(tmp_path_factory.mktemp("baseline"))
     opts = synth_opts(synth_root)[:-2] + ["MODEL.HEADS.NUM_CLASSES", "8",
                                           "MODEL.BACKBONE.NUM_CAMERAS", "3"]
-    cfg = load_cfg(os.path.join(COMBINE, "vit_baseline_synthetic.yml"), opts)
+    cfg = cfg_for_checkpoint(tool_cfg(os.path.join(COMBINE, "vit_baseline_synthetic.yml"), opts))
     Checkpointer(build_model(cfg), out).save("model_final")
     return os.path.join(out, "model_final.pth")
 
@@ -213,10 +214,10 @@ def test_attention_maps_equal_independent_computation():
     with torch.no_grad():
         x = (images - model.pixel_mean) / model.pixel_std
         feats = model.backbone(x, camids=cams)
-        f_g = model.heads.gae(feats["cls"])
-        tokens = model.heads.lmf.ptf(feats["patches"], feats["grid"])
+        f_g = model.heads.gae(feats.cls)
+        tokens = model.heads.lmf.ptf(feats.patches, feats.grid)
         ref = model.heads.lmf.gma.scores(f_g, tokens).reshape(2, 12, 8, 4)
-        norms = feats["patches"][0].norm(dim=-1).reshape(2, 8, 4)
+        norms = feats.patches[0].norm(dim=-1).reshape(2, 8, 4)
     torch.testing.assert_close(res["gma"], ref)
     lo, hi = norms.flatten(1).min(1).values, norms.flatten(1).max(1).values
     torch.testing.assert_close(res["token_maps"][0], (norms - lo[:, None, None])
@@ -300,7 +301,7 @@ def test_model_report_table_and_cross_check(tmp_path):
 def test_export_onnx_matches_torch_with_dynamic_batch_and_camids(gltrans_run, tmp_path):
     import export_onnx
     from gltrans_plugin import export as onnx_export
-    from gltrans_plugin import engine as loading
+    from gltrans_plugin import loading
 
     path = str(tmp_path / "gltrans.onnx")
     info = export_onnx.main(["--config-file", DEMO, "--weights", gltrans_run["weights"],
@@ -571,10 +572,11 @@ def test_fastreid_evaluation_on_gltrans_checkpoint(gltrans_run):
     from fastreid.evaluation import ReidEvaluator
     from fastreid.utils.checkpoint import Checkpointer
 
-    from gltrans_plugin.engine import load_cfg
+    from gltrans_plugin.loading import cfg_for_checkpoint, read_weights, tool_cfg
 
-    cfg = load_cfg(DEMO, gltrans_run["opts"] + ["TEST.EVALUATOR", "fastreid"],
-                   gltrans_run["weights"])
+    cfg = cfg_for_checkpoint(tool_cfg(DEMO, gltrans_run["opts"] + ["TEST.EVALUATOR", "fastreid"],
+                                      gltrans_run["weights"]),
+                             read_weights(gltrans_run["weights"]))
     model = DefaultTrainer.build_model(cfg)
     Checkpointer(model).load(gltrans_run["weights"])
     from gltrans_plugin.engine import Trainer

@@ -54,9 +54,9 @@ def test_timm_state_dict_gives_the_same_class_token(tmp_path):
         out = model(x)
         got_last = model.forward_features(x)
     torch.testing.assert_close(got_last, expected_last, atol=1e-5, rtol=0)
-    torch.testing.assert_close(out["cls"][-1], expected_last, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.cls[-1], expected_last, atol=1e-5, rtol=0)
     # each per-layer cls norm is a copy of the final norm
-    torch.testing.assert_close(out["cls"][0], expected_first, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.cls[0], expected_first, atol=1e-5, rtol=0)
     for norm in model.cls_norms:
         torch.testing.assert_close(norm.weight, ref.norm.weight)
 

@@ -57,7 +57,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import gltrans_plugin  # noqa: F401
     from gltrans_plugin.checkpoint import load_file, unwrap_state_dict
-    from gltrans_plugin.engine import load_model
+    from gltrans_plugin.loading import load_model
     from gltrans_plugin.modeling import convert
 
     sd = unwrap_state_dict(load_file(args.input, key="--input", safetensors=True,

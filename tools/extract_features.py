@@ -17,6 +17,9 @@ MODEL.BACKBONE.SIE_UNSEEN policy applies).
 ``--output X.npz``: one file with ``feats`` (N x D float32), ``paths`` (absolute) and
 ``camids`` (-1 = not known); ``--output-dir DIR``: ``feats.npy``, ``paths.txt`` and
 ``camids.npy``.  Preprocessing is the test loader's, so features equal the evaluator's.
+The output options are checked before any feature is computed; the files are written whole
+(a temporary file renamed) and as a set (all three written before the first rename), and
+``paths.txt`` keeps file names that are not UTF-8 as their original bytes (one per line).
 Prints a JSON summary.
 """
 import argparse
@@ -29,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parse_args(argv=None):
-    from gltrans_plugin.engine import model_arg_parser
+    from gltrans_plugin.cli import model_arg_parser
 
     p = model_arg_parser(__doc__)
     src = p.add_mutually_exclusive_group(required=True)
@@ -56,27 +59,65 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def check_output(output=None, output_dir=None):
+    """The output options, checked before any work: ``--output`` ends in .npz, and no regular
+    file stands where a folder is needed."""
+    from gltrans_plugin.errors import UserError
+
+    if output and not output.endswith(".npz"):
+        raise ValueError(f"--output {output}: give a file name ending in .npz (or use "
+                         f"--output-dir for feats.npy + paths.txt).")
+    folder = os.path.abspath(output_dir if output_dir else os.path.dirname(
+        os.path.abspath(output)))
+    option = "--output-dir" if output_dir else "--output"
+    probe = folder
+    while probe and not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if probe and not os.path.isdir(probe):
+        raise UserError(f"{option}: a file is in the way where a folder is needed", probe,
+                        "move or remove the file, or choose another output folder")
+    if output and os.path.isdir(output):
+        raise UserError("--output names a folder", os.path.abspath(output),
+                        "give a file name ending in .npz, or use --output-dir")
+
+
 def write_features(feats, paths, camids, output=None, output_dir=None):
-    """Write the features; returns the files written."""
+    """Write the features; returns the files written.  Each file goes through a temporary file
+    renamed over it, and the renames follow only once every file is written (no feats.npy
+    without its paths.txt); paths that are not UTF-8 are written as their original bytes."""
+    import contextlib
+    import io
+
     import numpy as np
 
+    from gltrans_plugin.checkpoint import atomic_open
+
+    check_output(output, output_dir)
     feats = np.ascontiguousarray(feats, dtype=np.float32)
     cams = np.asarray([-1 if c is None else int(c) for c in camids] if camids is not None
                       else [-1] * len(paths), dtype=np.int64)
+    contents = {}
     if output:
-        if not output.endswith(".npz"):
-            raise ValueError(f"--output {output}: give a file name ending in .npz (or use "
-                             f"--output-dir for feats.npy + paths.txt).")
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-        np.savez(output, feats=feats, paths=np.asarray(paths, dtype=str), camids=cams)
-        return [os.path.abspath(output)]
-    os.makedirs(output_dir, exist_ok=True)
-    files = [os.path.join(output_dir, n) for n in ("feats.npy", "paths.txt", "camids.npy")]
-    np.save(files[0], feats)
-    with open(files[1], "w") as f:
-        f.writelines(p + "\n" for p in paths)
-    np.save(files[2], cams)
-    return [os.path.abspath(x) for x in files]
+        buf = io.BytesIO()
+        np.savez(buf, feats=feats, paths=np.asarray(paths, dtype=str), camids=cams)
+        contents[os.path.abspath(output)] = buf.getvalue()
+    else:
+        for name, data in (("feats.npy", feats), ("paths.txt", paths), ("camids.npy", cams)):
+            if name == "paths.txt":
+                data = b"".join(os.fsencode(p) + b"\n" for p in paths)
+            else:
+                buf = io.BytesIO()
+                np.save(buf, data)
+                data = buf.getvalue()
+            contents[os.path.abspath(os.path.join(output_dir, name))] = data
+    os.makedirs(os.path.dirname(next(iter(contents))), exist_ok=True)
+    with contextlib.ExitStack() as stack:  # every file written and synced, then the renames
+        for path, data in contents.items():
+            f = stack.enter_context(atomic_open(path, "wb"))
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    return list(contents)
 
 
 def main(argv=None):
@@ -86,6 +127,7 @@ def main(argv=None):
     from gltrans_plugin.extractor import (FeatureExtractor, image_camids, list_images,
                                           read_image_list)
 
+    check_output(args.output, args.output_dir)  # before any work
     if args.input:
         paths, list_cams = list_images(args.input), None
         if not paths:

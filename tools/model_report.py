@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parse_args(argv=None):
-    from gltrans_plugin.engine import model_arg_parser
+    from gltrans_plugin.cli import model_arg_parser
 
     p = model_arg_parser(__doc__, "the model's yaml", "checkpoint (optional; sizes read from it)")
     p.add_argument("--max-depth", type=int, default=2, help="module depth shown in the table")
@@ -38,7 +38,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import gltrans_plugin  # noqa: F401  (compat + registrations)
     from gltrans_plugin.analysis import flops
-    from gltrans_plugin.engine import load_model
+    from gltrans_plugin.loading import load_model
     from gltrans_plugin.export import example_inputs
 
     cfg, model = load_model(args.config_file, args.weights, list(args.opts), args.device)

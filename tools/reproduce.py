@@ -17,6 +17,12 @@ seeds beside the paper's MSMT17 numbers.
 --preset cpu applies configs/GLTrans/presets/cpu_synthetic.yml (the synthetic demo's tiny ViT,
 128x64, SyntheticReID and recipe; its keys are derived from configs/GLTrans/synthetic_demo.yml)
 as command-line options after the row's config.  Trailing KEY VALUE options go to every row.
+
+Stopping: SIGINT (Ctrl-C) or SIGTERM is forwarded at once to every running training, which then
+has --stop-timeout seconds to save and exit before it is killed; no other run starts, the
+tables are written from what finished, and the tool exits 130 (SIGINT) or 143 (SIGTERM).  Rerun
+the same command with --resume to continue the stopped runs from their last checkpoint; without
+--resume an unfinished run starts again, its earlier files moved to <row>/seed<s>.attempt<k>.
 """
 import argparse
 import logging
@@ -24,9 +30,14 @@ import os
 import shlex
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
 TABLES = range(4, 11)
+# this repository's files, which the gltrans_plugin.reproduce package does not know
+ABLATIONS = os.path.join(REPO, "configs", "GLTrans", "ablations")
+TRAIN_NET = os.path.join(REPO, "projects", "train_net.py")
+PRESETS = {"cpu": os.path.join(REPO, "configs", "GLTrans", "presets", "cpu_synthetic.yml")}
 
 
 def _is_int(s):
@@ -60,6 +71,12 @@ def parse_args(argv=None):
                         "it starts again)")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at once (CPU: each gets cores / jobs threads; default 1)")
+    p.add_argument("--stop-timeout", type=float, default=60.0, metavar="S",
+                   help="after SIGINT / SIGTERM, seconds the running trainings get to save and "
+                        "exit before they are killed (default 60)")
+    p.add_argument("--train-script", default=TRAIN_NET,
+                   help="the training script every run starts (default: this repository's "
+                        "projects/train_net.py)")
     p.add_argument("--collect-only", action="store_true",
                    help="run nothing: tabulate the runs found in the output folder")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
@@ -91,27 +108,33 @@ def main(argv=None):
     logging.getLogger("gltrans_plugin.reproduce").setLevel(logging.INFO)  # the progress lines
     from gltrans_plugin import reproduce as rp
 
-    rows = rp.table_rows(args.table) if args.table else rp.config_rows(args.configs)
+    rows = (rp.table_rows(args.table, ABLATIONS) if args.table
+            else rp.config_rows(args.configs, ABLATIONS))
     stem = f"table{args.table}" if args.table else "configs"
     title = rp.table_title(args.table)
-    outcomes = []
+    outcomes, interrupted = [], None
     if not args.collect_only:
         try:
             overrides = rp.shared_overrides(args.preset, args.dataset, args.epochs, args.device,
-                                            args.opts)
+                                            args.opts, presets=PRESETS)
         except ValueError as e:
             sys.exit(f"error: {e}")
         runs = rp.plan(rows, args.seeds if args.seeds else [0], args.output)
         if args.dry_run:
             for r in runs:
                 flag = "  # finished, skipped" if r.done else ""
-                print(shlex.join(rp.train_command(r, overrides, num_gpus=args.num_gpus)) + flag)
+                print(shlex.join(rp.train_command(r, overrides, num_gpus=args.num_gpus,
+                                                  train_script=args.train_script)) + flag)
             return {"runs": runs, "overrides": overrides}
         todo = sum(not r.done for r in runs)
         print(f"{title}: {len(rows)} row(s) x {len(runs) // max(1, len(rows))} seed(s) -> "
               f"{args.output} ({todo} to run, {len(runs) - todo} finished before)")
-        outcomes = rp.execute(runs, overrides, resume=args.resume, num_gpus=args.num_gpus,
-                              jobs=args.jobs)
+        try:
+            outcomes = rp.execute(runs, overrides, train_script=args.train_script,
+                                  resume=args.resume, num_gpus=args.num_gpus, jobs=args.jobs,
+                                  stop_timeout=args.stop_timeout)
+        except rp.RunsInterrupted as e:  # the tables of what finished, then the signal's code
+            outcomes, interrupted = e.outcomes, e
     seeds = args.seeds or (None if args.collect_only else [0])  # None: the seed folders found
     summaries = rp.collect(rows, seeds, args.output)
     paths = rp.write_reports(summaries, args.output, stem, title)
@@ -121,10 +144,13 @@ def main(argv=None):
     failed = [s for s in summaries if s.status == "failed"]
     if failed:
         print(f"{len(failed)} row(s) failed: {', '.join(s.row.name for s in failed)}")
-    result = {"summaries": summaries, "outcomes": outcomes, "paths": paths,
-              "returncode": 1 if failed else 0}
-    if failed and __name__ == "__main__":
-        sys.exit(1)
+    code = interrupted.returncode if interrupted else 1 if failed else 0
+    result = {"summaries": summaries, "outcomes": outcomes, "paths": paths, "returncode": code}
+    if interrupted:
+        sys.stdout.flush()
+        sys.stderr.write(f"error: {interrupted}\n")
+    if code and __name__ == "__main__":
+        sys.exit(code)
     return result
 
 

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parse_args(argv=None):
-    from gltrans_plugin.engine import model_arg_parser
+    from gltrans_plugin.cli import model_arg_parser
 
     p = model_arg_parser(__doc__, "GLTrans model yaml",
                          "its trained checkpoint (else MODEL.WEIGHTS)")
@@ -43,7 +43,7 @@ def _inputs(cfg, args):
     import torch
 
     from gltrans_plugin.analysis import attention
-    from gltrans_plugin.engine import Trainer
+    from gltrans_plugin.data.loaders import build_test_loader
 
     if args.images:
         images = attention.load_images(cfg, args.images)
@@ -54,7 +54,7 @@ def _inputs(cfg, args):
                                  f"{len(args.images)} images.")
             camids = torch.tensor(args.camids, dtype=torch.long)
         return images, camids, [os.path.basename(p) for p in args.images]
-    loader, num_query = Trainer.build_test_loader(cfg, cfg.DATASETS.TESTS[0])
+    loader, num_query = build_test_loader(cfg, cfg.DATASETS.TESTS[0])
     items = [loader.dataset[i] for i in range(min(args.num_images, num_query))]
     images = torch.stack([it["images"] for it in items])
     camids = torch.tensor([int(it["camids"]) for it in items], dtype=torch.long)
@@ -69,7 +69,7 @@ def main(argv=None):
 
     import gltrans_plugin  # noqa: F401  (compat + registrations)
     from gltrans_plugin.analysis import attention
-    from gltrans_plugin.engine import load_model
+    from gltrans_plugin.loading import load_model
 
     if bool(args.baseline_config) != bool(args.baseline_weights):
         raise SystemExit("give both --baseline-config and --baseline-weights, or neither.")

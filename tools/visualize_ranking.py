@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parse_args(argv=None):
-    from gltrans_plugin.engine import model_arg_parser
+    from gltrans_plugin.cli import model_arg_parser
 
     p = model_arg_parser(__doc__, "the model's yaml", "trained checkpoint (else MODEL.WEIGHTS)")
     p.add_argument("--dataset", default=None, help="test set name (default: DATASETS.TESTS[0])")
@@ -43,10 +43,11 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import gltrans_plugin  # noqa: F401  (compat + registrations)
     from gltrans_plugin.analysis import ranking_vis
-    from gltrans_plugin.engine import Trainer, load_model
+    from gltrans_plugin.data.loaders import build_test_loader
+    from gltrans_plugin.loading import load_model
 
     cfg, model = load_model(args.config_file, args.weights, args.opts, args.device)
-    loader, num_query = Trainer.build_test_loader(cfg, args.dataset or cfg.DATASETS.TESTS[0])
+    loader, num_query = build_test_loader(cfg, args.dataset or cfg.DATASETS.TESTS[0])
     data = ranking_vis.extract_query_gallery(model, loader, num_query, flip_test=args.flip_test)
     ranks = ranking_vis.rank_lists(data["q_feat"], data["g_feat"], data["q_pids"],
                                    data["g_pids"], data["q_camids"], data["g_camids"],

@@ -4,25 +4,30 @@
     python bench/gpu/check.py --device cuda --out $OUT        # on the GPU machine (run.sh)
     python bench/gpu/check.py --device cpu --tiny --out DIR   # the same steps, tiny, on CPU
 
-Steps (each a subprocess with its own timeout, killed with its children when it runs over;
-every step also stops at the run's overall deadline, ``--budget``):
+Steps, in this order (each a subprocess with its own time limit, ``BUDGETS``, killed with its
+children when it runs over; the limits add up to the default ``--budget``, so no step can eat
+another's time, and the run also stops at that overall deadline):
 
-  env          GPU name, driver, torch / CUDA / cuDNN versions, package versions
-  cuda_tests   ``pytest -m cuda tests/test_cuda.py`` (skipped without CUDA), one row per test
+  env          GPU name and count, driver, torch / CUDA / cuDNN versions, package versions, imports
+  cuda_tests   ``pytest -m cuda`` over CUDA_TEST_FILES (skipped without CUDA): one result line
+               per test written as it finishes (bench/gpu/pytest_results.py), a time limit per
+               test, the slowest tests (compile, the NCCL subprocess) last
+  train        projects/train_net.py on the synthetic set at 256x128, ViT-B GLTrans from random
+               init, AMP, ~300 iterations: the loss falls, weights move between the two
+               checkpoints, the evaluation table is printed
+  eval_only    ``--eval-only`` of the final checkpoint: the same table within one query's weight
+  eval_bench   bench/eval_bench.py --full --device cuda: MSMT17-scale evaluation vs a bare
+               ``torch.mm`` of the same shapes
   bench_bf16   bench/model_bench.py: ViT-B GLTrans and the ViT baseline, 256x128, batch 64, bf16
                AMP: step time, img/s, MFU against the bf16 ``torch.mm`` 8192^3 peak measured in
                the same process, peak memory, GLTrans / ViT time vs FLOP ratio, and the
                largest GLTrans batch within 24 GiB
   bench_fp16   the same in fp16 AMP (GradScaler)
   bench_ckpt   the same in bf16 with activation checkpointing
-  train        projects/train_net.py on the synthetic set at 256x128, ViT-B GLTrans from random
-               init, AMP, ~300 iterations: the loss falls, weights move between the two
-               checkpoints, the evaluation table is printed; then ``--eval-only`` of the final
-               checkpoint gives the same table
+  multi_gpu    ``pytest -m cuda`` over MULTI_GPU_TEST_FILES: NCCL at world size 2 (DDP, SyncBN,
+               buffer broadcast); "skip" without a second GPU
   launch       (--tiny only) bench/gpu/nccl_launch.py: train_net in a spawned worker (gloo on
                CPU; on CUDA cuda_tests runs it with NCCL)
-  eval_bench   bench/eval_bench.py --full --device cuda: MSMT17-scale evaluation vs a bare
-               ``torch.mm`` of the same shapes
 
 Writes ``OUT/report.json`` (environment, each step's status pass / fail / skip, its figures with
 units in their names, targets met or not), ``OUT/summary.txt`` and ``OUT/log.txt`` (every step's
@@ -39,15 +44,27 @@ import signal
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
 PY = sys.executable
+sys.path.insert(0, HERE)
+from pytest_results import read_results  # noqa: E402
 
-# a-priori budgets (seconds) per step on the GPU machine; their sum stays under --budget
-BUDGETS = {"env": 20, "cuda_tests": 150, "bench_bf16": 75, "bench_fp16": 35, "bench_ckpt": 35,
-           "train": 90, "eval_only": 40, "launch": 60, "eval_bench": 60}
-TINY_BUDGETS = {k: 240 for k in BUDGETS}  # shared CPUs: generous, the deadline still holds
+DEFAULT_BUDGET = 420.0  # seconds; with the install (~20 s) inside the device call's 480
+# The steps in run order.  Correctness first (the CUDA tests, a training and its reload), then
+# the figures, the repeats of a figure in another mode last: were the overall deadline reached
+# (start-up and the gaps between steps are outside the limits), the least is lost.
+ORDER = ["env", "cuda_tests", "train", "eval_only", "eval_bench", "bench_bf16", "bench_fp16",
+         "bench_ckpt", "multi_gpu"]
+# a-priori limits (seconds) per step on the GPU machine; they add up to DEFAULT_BUDGET
+BUDGETS = {"env": 15, "cuda_tests": 125, "train": 65, "eval_only": 25, "eval_bench": 40,
+           "bench_bf16": 55, "bench_fp16": 25, "bench_ckpt": 25, "multi_gpu": 45}
+TEST_LIMIT = 60  # seconds per CUDA test (GPU_CHECK_TEST_LIMIT): a hung test fails alone
+TINY_BUDGETS = {k: 240 for k in [*BUDGETS, "launch"]}  # shared CPUs: generous
+# every test file with CUDA tests (marked ``cuda``); tests/test_gpu_check.py checks the lists
+CUDA_TEST_FILES = ["tests/test_evaluation.py", "tests/test_extractor.py", "tests/test_cuda.py"]
+MULTI_GPU_TEST_FILES = ["tests/test_distributed.py"]  # world size 2 over NCCL: two GPUs
 
 
 # ----------------------------------------------------------------------------- running
@@ -109,24 +126,33 @@ def py_env():
 
 
 # ----------------------------------------------------------------------------- steps
+_ENV_SCRIPT = r"""
+import json, torch
+info = dict(torch=torch.__version__, torch_cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+            cuda_available=torch.cuda.is_available(),
+            gpu_count=torch.cuda.device_count() if torch.cuda.is_available() else 0)
+if info["gpu_count"]:
+    p = torch.cuda.get_device_properties(0)
+    info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1),
+                capability=f"{p.major}.{p.minor}", sms=p.multi_processor_count)
+import gltrans_plugin, fastreid, fvcore, faiss  # noqa: the imports every later step needs
+print("ENV " + json.dumps(info))
+"""
+
+
 def step_env(r):
+    """Versions and the GPU, read in a subprocess that also imports everything the later
+    steps need (this process never imports torch)."""
     t = time.perf_counter()
     info = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
             "python": platform.python_version(), "machine": platform.machine(),
             "cpus": os.cpu_count(), "mode": "tiny" if ARGS.tiny else "full",
             "device": ARGS.device}
-    try:
-        import torch
-
-        info.update(torch=torch.__version__, torch_cuda=torch.version.cuda,
-                    cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available()
-                    else None, cuda_available=torch.cuda.is_available())
-        if torch.cuda.is_available():
-            p = torch.cuda.get_device_properties(0)
-            info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1),
-                        capability=f"{p.major}.{p.minor}", sms=p.multi_processor_count)
-    except Exception as e:  # noqa: BLE001
-        info["torch_error"] = repr(e)
+    rc, out, _, limit = r.run("env", [PY, "-c", _ENV_SCRIPT], py_env())
+    found = [line[4:] for line in out.splitlines() if line.startswith("ENV {")]
+    if found:
+        info.update(json.loads(found[-1]))
     if shutil.which("nvidia-smi"):
         q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
                             "--format=csv,noheader"], capture_output=True, text=True)
@@ -148,49 +174,56 @@ def step_env(r):
                                         capture_output=True, text=True).stdout.strip() or None
     except OSError:
         info["commit"] = None
-    rc, out, _, _ = r.run("env", [PY, "-c", "import gltrans_plugin, fastreid, fvcore, faiss; "
-                                            "print('imports ok')"], py_env())
-    ok = rc == 0 and (ARGS.device == "cpu" or info.get("cuda_available"))
+    ok = rc == 0 and bool(found) and (ARGS.device == "cpu" or info.get("cuda_available"))
     r.write(json.dumps(info, indent=1) + "\n")
-    r.record("env", "pass" if ok else "fail", time.perf_counter() - t, BUDGETS["env"], rc,
+    r.record("env", "pass" if ok else "fail", time.perf_counter() - t, limit, rc,
              figures=info, note=info.get("gpu", info.get("torch", "")), output=out)
     return info
 
 
-def step_cuda_tests(r):
-    junit = os.path.join(ARGS.work, "junit.xml")
-    cmd = [PY, "-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py", "-p", "no:cacheprovider",
-           f"--junitxml={junit}", "-o", "addopts="]
-    try:
-        import pytest_timeout  # noqa: F401
+def pytest_cmd(files, results):
+    """``pytest -m cuda`` over ``files`` with the per-test results plugin; (cmd, env)."""
+    cmd = [PY, "-m", "pytest", "-q", "-m", "cuda", *files, "-p", "pytest_results",
+           "-p", "no:cacheprovider", "-o", "addopts="]
+    env = dict(py_env(), GPU_CHECK_RESULTS=results, GPU_CHECK_TEST_LIMIT=str(TEST_LIMIT),
+               PYTHONPATH=os.pathsep.join(p for p in (HERE, REPO, os.environ.get("PYTHONPATH"))
+                                          if p))
+    return cmd, env
 
-        cmd += ["--timeout", "120"]
-    except ImportError:
-        pass
-    rc, out, wall, limit = r.run("cuda_tests", cmd, py_env())
-    tests = {}
-    if os.path.isfile(junit):
-        for case in ET.parse(junit).getroot().iter("testcase"):
-            outcome = "pass"
-            for child in case:
-                if child.tag in ("failure", "error"):
-                    outcome = "fail"
-                elif child.tag == "skipped":
-                    outcome = "skip"
-            tests[case.get("name")] = {"status": outcome, "time_s": float(case.get("time", 0))}
-        os.remove(junit)
+
+def step_pytest(r, name, files):
+    """One pytest run over ``files``; a row per test from its results file, which holds every
+    finished test even when the step was stopped at its limit (then the test it was in is
+    "killed")."""
+    results = os.path.join(ARGS.work, f"{name}.jsonl")
+    if os.path.exists(results):
+        os.remove(results)
+    cmd, env = pytest_cmd(files, results)
+    rc, out, wall, limit = r.run(name, cmd, env)
+    tests = read_results(results)
     statuses = {t["status"] for t in tests.values()}
+    killed = [k for k, t in tests.items() if t["status"] == "killed"]
+    counts = {k: sum(t["status"] == k for t in tests.values())
+              for k in ("pass", "fail", "skip", "killed")}
     if rc is None:
-        status, note = "fail", "timed out"
-    elif rc not in (0, 5) or "fail" in statuses or not tests:
-        status, note = "fail", f"rc {rc}"
+        status = "fail"
+        note = f"timed out in {killed[0] if killed else '?'}; {counts}"
+    elif rc not in (0, 5) or statuses & {"fail", "killed"} or not tests:
+        status, note = "fail", f"rc {rc}; {counts}"
     elif statuses == {"skip"}:
-        status, note = "skip", "no CUDA: every test skipped"
+        status, note = "skip", f"every test skipped ({len(tests)}): no CUDA"
     else:
-        status = "pass"
-        note = f"{sum(t['status'] == 'pass' for t in tests.values())} passed"
-    r.record("cuda_tests", status, wall, limit, rc, figures={"tests": tests}, note=note,
-             output=out)
+        status, note = "pass", f"{counts['pass']} passed, {counts['skip']} skipped"
+    r.record(name, status, wall, limit, rc, figures={"tests": tests}, note=note, output=out)
+
+
+def step_multi_gpu(r, env):
+    """NCCL at world size 2 needs two GPUs: "skip" (no subprocess) with fewer."""
+    n = int(env.get("gpu_count") or 0)
+    if ARGS.device != "cuda" or n < 2:
+        return r.record("multi_gpu", "skip", note=f"{n} GPU(s): world size 2 over NCCL needs 2",
+                        figures={"gpu_count": n})
+    return step_pytest(r, "multi_gpu", MULTI_GPU_TEST_FILES)
 
 
 def bench_cmd(amp, extra, json_path):
@@ -356,25 +389,44 @@ def step_train(r):
     speed = re.findall(r"time: ([\d.]+)\s+data_time: ([\d.]+)", out)
     if speed:
         figs["train_s_per_iter_last"] = float(speed[-1][0])
-    if os.path.isfile(final) and r.remaining() > 5:
-        rc2, out2, wall2, _ = r.run("eval_only", [PY, "projects/train_net.py", *cfg,
-                                                  "--eval-only", *opts, "MODEL.WEIGHTS", final],
-                                    py_env())
-        wall += wall2
-        table2 = eval_table(out2)
-        figs["eval_only_of_final_checkpoint (percent)"] = table2
-        diff = (max(abs(table[k] - table2[k]) for k in table if k in table2)
-                if table and table2 else None)
-        figs["eval_only_max_diff_pp"] = diff
-        checks["checkpoint loads (eval-only table = training's)"] = \
-            rc2 == 0 and diff is not None and diff <= 0.2
-        out += out2
-    else:
-        checks["checkpoint loads (eval-only table = training's)"] = False
     figs["checks"] = checks
     ok = rc == 0 and all(checks.values())
     note = ", ".join(f"{k}: {'ok' if v else 'NO'}" for k, v in checks.items())
     r.record("train", "pass" if ok else "fail", wall, limit, rc, figs, note=note, output=out)
+    return {"final": final if os.path.isfile(final) else None, "table": table,
+            "queries": valid_queries(out), "cfg": cfg, "opts": opts}
+
+
+def valid_queries(text):
+    """The number of queries the last evaluation counted ("Evaluated N of M queries")."""
+    m = re.findall(r"Evaluated (\d+) of (\d+) queries", text)
+    return int(m[-1][0]) if m else None
+
+
+def step_eval_only(r, trained):
+    """``--eval-only`` of the training's final checkpoint: the same table, each metric within
+    one query's weight (100 / valid queries percent).  The model, weights and data are the
+    same; only kernel choices may differ (cuDNN autotuning), moving a feature by ~1e-6, which
+    can swap a near tie: each swap changes one query's contribution, at most its weight, and
+    more than one swap at this size would be a fault, not rounding."""
+    if not trained or not trained["final"]:
+        return r.record("eval_only", "fail", note="no checkpoint: the train step did not write "
+                                                  "model_final.pth")
+    rc, out, wall, limit = r.run("eval_only", [PY, "projects/train_net.py", *trained["cfg"],
+                                               "--eval-only", *trained["opts"],
+                                               "MODEL.WEIGHTS", trained["final"]], py_env())
+    table, table2 = trained["table"], eval_table(out)
+    n = trained["queries"] or valid_queries(out)
+    tol = 100.0 / n + 1e-6 if n else 0.0  # the tables print 2 decimals: 1e-6 is below
+    diff = (max(abs(table[k] - table2[k]) for k in table if k in table2)
+            if table and table2 else None)
+    figs = {"eval_only_of_final_checkpoint (percent)": table2, "eval_only_max_diff_pp": diff,
+            "tolerance_pp (one query's weight)": tol, "valid_queries": n}
+    ok = rc == 0 and diff is not None and diff <= tol
+    note = (f"max diff {diff:.2f} pp vs training's table (tolerance {tol:.2f} pp = one of {n} "
+            f"queries)" if diff is not None else f"rc {rc}, no table")
+    return r.record("eval_only", "pass" if ok else "fail", wall, limit, rc, figs, note=note,
+                    output=out)
 
 
 def step_launch(r):
@@ -438,7 +490,7 @@ def main(argv=None):
     ap.add_argument("--out", default=os.environ.get("OUT") or "/tmp/gpu_check/out",
                     help="report.json, summary.txt and log.txt go here (default $OUT)")
     ap.add_argument("--work", default="/tmp/gpu_check/work", help="scratch: data, checkpoints")
-    ap.add_argument("--budget", type=float, default=420.0,
+    ap.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
                     help="seconds for all steps together; each step also has its own limit")
     ap.add_argument("--steps", default="", help="comma list of steps to run (default: all)")
     ARGS = ap.parse_args(argv)
@@ -447,43 +499,60 @@ def main(argv=None):
     os.makedirs(ARGS.out, exist_ok=True)
     os.makedirs(ARGS.work, exist_ok=True)
     r = Runner(ARGS)
-    order = ["env", "cuda_tests", "bench_bf16", "train", "eval_bench", "bench_fp16",
-             "bench_ckpt"] + (["launch"] if ARGS.tiny else [])
+    order = ORDER + (["launch"] if ARGS.tiny else [])
     wanted = [s for s in ARGS.steps.split(",") if s] or order
+    unknown = sorted(set(wanted) - set(order))
+    if unknown:
+        ap.error(f"--steps: unknown {unknown}; steps are {order}")
+    state = {"env": {}, "trained": None}
+
+    def train():
+        state["trained"] = step_train(r)
+
     actions = {
-        "env": lambda: step_env(r),
-        "cuda_tests": lambda: step_cuda_tests(r),
+        "env": lambda: state.update(env=step_env(r)),
+        "cuda_tests": lambda: step_pytest(r, "cuda_tests", CUDA_TEST_FILES),
+        "train": train,
+        "eval_only": lambda: step_eval_only(r, state["trained"]),
+        "eval_bench": lambda: step_eval(r),
         "bench_bf16": lambda: step_bench(r, "bench_bf16", "bf16",
                                          [] if ARGS.tiny else ["--max-batch-gb", "24"]),
         "bench_fp16": lambda: step_bench(r, "bench_fp16", "fp16"),
         "bench_ckpt": lambda: step_bench(r, "bench_ckpt", "bf16", ["--grad-ckpt"]),
-        "train": lambda: step_train(r),
+        "multi_gpu": lambda: step_multi_gpu(r, state["env"]),
         "launch": lambda: step_launch(r),
-        "eval_bench": lambda: step_eval(r),
     }
-    env = {}
     for name in order:
-        if name not in wanted:
+        # env always runs: the GPU count decides the multi_gpu step; eval_only needs train
+        if name not in wanted and name != "env" and not (name == "train"
+                                                         and "eval_only" in wanted):
             continue
         if r.remaining() < 3:
             r.record(name, "fail", note="no time left in the run's budget")
             continue
         try:
-            res = actions[name]()
-            if name == "env":
-                env = res
+            actions[name]()
         except Exception as e:  # noqa: BLE001  (a broken step must not lose the report)
             r.record(name, "fail", note=f"check.py error: {e!r}")
+        write_report(r, state["env"])  # after every step: a killed run keeps what it did
+    counts = write_report(r, state["env"], final=True)
+    r.log.close()
+    return 1 if counts["fail"] else 0
+
+
+def write_report(r, env, final=False):
+    """report.json and summary.txt of the steps so far; returns the status counts."""
     counts = {k: sum(s["status"] == k for s in r.steps) for k in ("pass", "fail", "skip")}
-    report = {"env": env, "steps": r.steps, "counts": counts,
+    report = {"env": env, "steps": r.steps, "counts": counts, "finished": final,
               "total_wall_s": round(time.perf_counter() - r.t0, 1), "budget_s": ARGS.budget,
               "units": "time s / ms as named, throughput img/s, FLOP rates TFLOP/s, memory "
                        "GiB or MB as named, metrics in percent"}
     with open(os.path.join(ARGS.out, "report.json"), "w") as f:
         json.dump(report, f, indent=1, default=str)
     lines = [f"bench/gpu/check.py {env.get('date', '')}  device {ARGS.device}  "
-             f"{env.get('gpu', '')}  driver {env.get('driver')}  torch {env.get('torch')} "
-             f"(CUDA {env.get('torch_cuda')})  mode {'tiny' if ARGS.tiny else 'full'}"]
+             f"{env.get('gpu', '')} x {env.get('gpu_count')}  driver {env.get('driver')}  "
+             f"torch {env.get('torch')} (CUDA {env.get('torch_cuda')})  "
+             f"mode {'tiny' if ARGS.tiny else 'full'}"]
     for s in r.steps:
         lines.append(f"[{s['status']:4s}] {s['name']:<11s} {s['wall_s']:6.1f} s  {s['note']}")
         for t in s["targets"]:
@@ -491,12 +560,13 @@ def main(argv=None):
             val = t["value"] if t["value"] is None else round(t["value"], 3)
             lines.append(f"        target {t['name']}: {val} {t['unit']} "
                          f"(target {t['target']}): {met}")
-    lines.append(f"{counts} in {report['total_wall_s']} s (budget {ARGS.budget:.0f} s)")
+    lines.append(f"{counts} in {report['total_wall_s']} s (budget {ARGS.budget:.0f} s)"
+                 + ("" if final else "  (unfinished)"))
     with open(os.path.join(ARGS.out, "summary.txt"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    print("\n".join(lines), flush=True)
-    r.log.close()
-    return 1 if counts["fail"] else 0
+    if final:
+        print("\n".join(lines), flush=True)
+    return counts
 
 
 ARGS = None

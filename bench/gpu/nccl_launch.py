@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """projects/train_net.py in one spawned worker of the plugin's launch worker
-(``compat._distributed_worker``: NCCL for a CUDA MODEL.DEVICE, gloo otherwise).
+(``distributed.distributed_worker``: NCCL for a CUDA MODEL.DEVICE, gloo otherwise).
 
 fast-reid's ``launch`` calls ``main`` in-process at world size 1, and two NCCL ranks cannot
 share one GPU; so on a one-GPU machine this is how the NCCL path (process group, device
@@ -33,14 +33,14 @@ def cli():
     import torch.multiprocessing as mp
     from fastreid.engine import default_argument_parser
 
-    from gltrans_plugin import compat
+    from gltrans_plugin import distributed
     from gltrans_plugin.distributed import LAUNCHER_PID_ENV
 
     parser = default_argument_parser()
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args()
     os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
-    mp.spawn(compat._distributed_worker, nprocs=1, daemon=False,
+    mp.spawn(distributed.distributed_worker, nprocs=1, daemon=False,
              args=(worker_main, 1, 1, 0, args.dist_url, (args,)))
 
 

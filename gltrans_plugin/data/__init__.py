@@ -12,6 +12,7 @@ from .datasets import (  # noqa: F401  (importing registers the datasets)
     unseen_camera,
 )
 from .folder import ReIDFolder, ReIDFolder2, folder_kwargs  # noqa: F401  (registers them)
+from .veri import VeRiViews, fill_num_views  # noqa: F401  (registers VeRiViews)
 from .build import (  # noqa: F401
     build_dataset,
     camera_layout,

@@ -8,6 +8,7 @@ test sets for the checks and every evaluation.  ``build_dataset`` keeps one inst
 starts a new listing, so files added between two runs of one process are seen.
 ``camera_layout`` places the training datasets' cameras in one SIE table (``CameraLayout``).
 """
+import logging
 import os
 
 from fastreid.data.datasets import DATASET_REGISTRY
@@ -15,15 +16,19 @@ from fastreid.data.datasets import DATASET_REGISTRY
 from .datasets import CameraLayout, camera_index, check_dataset_root, synthetic_kwargs, \
     unseen_camera
 from .folder import folder_kwargs
+from .veri import veri_kwargs
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["build_dataset", "camera_layout", "clear_dataset_cache", "dataset_root",
-           "reader_kwargs", "test_camera_map"]
+           "fill_num_cameras", "reader_kwargs", "test_camera_map"]
 
 # dataset name -> its reader's keyword arguments from the config
 _READER_KWARGS = {
     "SyntheticReID": synthetic_kwargs,
     "ReIDFolder": lambda cfg: folder_kwargs(cfg, "FOLDER"),
     "ReIDFolder2": lambda cfg: folder_kwargs(cfg, "FOLDER2"),
+    "VeRiViews": veri_kwargs,
 }
 
 _CACHE = {}
@@ -74,3 +79,24 @@ def test_camera_map(cfg, name):
         return camera_index
     layout = camera_layout(cfg)
     return lambda camid: layout.test_index(name, camid)
+
+
+def fill_num_cameras(cfg):
+    """MODEL.BACKBONE.NUM_CAMERAS = 0 means 'from the training data': max camera index + 1 of
+    each training dataset, summed (each dataset its own rows: ``CameraLayout``).  Returns ``cfg``
+    itself when it is set, else a filled clone (frozen if ``cfg`` was)."""
+    if cfg.MODEL.BACKBONE.NUM_CAMERAS > 0:
+        return cfg
+    layout = camera_layout(cfg)
+    cfg = cfg.clone()
+    frozen = cfg.is_frozen()
+    cfg.defrost()
+    cfg.MODEL.BACKBONE.NUM_CAMERAS = layout.total
+    logger.info(f"Auto-scaling MODEL.BACKBONE.NUM_CAMERAS={layout.total}"
+                + (" (" + ", ".join(f"{n}: rows {layout.offsets[n]}.."
+                                    f"{layout.offsets[n] + layout.spans[n] - 1}"
+                                    for n in layout.names) + ")"
+                   if len(layout.names) > 1 else ""))
+    if frozen:
+        cfg.freeze()
+    return cfg

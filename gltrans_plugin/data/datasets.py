@@ -1,4 +1,4 @@
-"""Datasets registered into fast-reid's ``DATASET_REGISTRY`` and dataset-root helpers.
+r"""Datasets registered into fast-reid's ``DATASET_REGISTRY`` and dataset-root helpers.
 
 - ``SyntheticReID``: the built-in synthetic set (see ``synthetic.py``), read with fast-reid's
   Market-1501 reader from ``<root>/synthetic_reid`` and generated there on first use.
@@ -8,10 +8,15 @@
 - ``CameraLayout`` / ``unseen_camera``: one SIE camera table for several training datasets
   (each its own rows), and the id of a test camera the training never saw.
 - ``check_dataset_root``: a clear error for a dataset that is not where fast-reid looks.
-- ``reader_names_checked`` (a ``compat.fix``): fast-reid's Market-1501 / DukeMTMC readers name
-  the file whose name breaks the naming or whose camera is out of range (``DatasetError``),
-  instead of ``AttributeError: 'NoneType' object has no attribute 'groups'`` or a bare
-  ``AssertionError``.
+- ``parse_market_name``: the one reader of Market-1501-style names ``<pid>_c<camera>...``,
+  used by fast-reid's Market-1501 / DukeMTMC readers (``reader_names_checked``), ``ReIDFolder``
+  and the tools' ``--camid-from-name``.  Any number of camera digits (``c10`` is camera 10;
+  fast-reid's own pattern ``([-\d]+)_c(\d)`` reads it as camera 1); a name that breaks the rule
+  or a camera / pid outside the set's range is a ``DatasetError`` naming the file.
+- ``reader_names_checked`` (a ``compat.fix``): fast-reid's Market-1501 / DukeMTMC readers parse
+  names with ``parse_market_name`` (same items, same ranges and junk rule as fast-reid's), so a
+  bad name is one line naming the file instead of ``AttributeError: 'NoneType' object has no
+  attribute 'groups'``, a bare ``AssertionError`` or a silently misread camera.
 - ``check_train_set`` / ``check_image_headers``: an empty training folder, and test images
   that are not images, fail when the data is first read, naming the folder / file.
 """
@@ -44,6 +49,8 @@ __all__ = [
     "check_image_headers",
     "check_train_set",
     "DatasetError",
+    "MARKET_NAME",
+    "parse_market_name",
     "reader_names_checked",
     "synthetic_kwargs",
     "unseen_camera",
@@ -167,6 +174,42 @@ class CameraLayout:
         return self.offsets[name] + cam
 
 
+# ---------------------------------------------------------------- Market-1501-style names
+
+MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")  # <pid>_c<camera>..., matched on the base name
+_NAME_FIX = "rename it, or move it out of the folder"
+
+
+def parse_market_name(path, *, cameras=(1, None), pids=None, naming="Market-1501",
+                      example="0002_c1s1_000451_03.jpg", fix=_NAME_FIX):
+    """(pid, 0-based camera) of a Market-1501-style image name ``<pid>_c<camera>...``, read
+    from the base name of ``path``: ``0002_c1s1_000451_03.jpg`` -> (2, 0), ``0001_c10s1_...``
+    -> (1, 9): every digit after ``_c`` is the camera number, cameras count from 1; pid -1
+    (junk) is returned as it is.
+
+    ``cameras`` / ``pids``: the (lo, hi) range of the set's 1-based camera numbers / person ids
+    (hi None: no upper bound; ``pids`` None: not checked; -1 is always allowed).  A name that
+    breaks the rule, or a number outside its range, is a ``DatasetError`` naming the file, the
+    rule (``naming``, ``example``) and ``fix``."""
+    m = MARKET_NAME.match(osp.basename(path))
+    if m is None:
+        raise DatasetError(f"image name does not follow the {naming} naming <pid>_c<camera>... "
+                           f"(e.g. {example})", path, fix)
+    pid, cam = int(m.group(1)), int(m.group(2))
+    lo, hi = cameras
+    if cam < lo:
+        raise DatasetError(f"camera c{m.group(2)}: {naming} camera numbers start at {lo}", path,
+                           fix)
+    if hi is not None and cam > hi:
+        raise DatasetError(f"camera c{m.group(2)} is outside {naming}'s cameras c{lo}..c{hi} "
+                           f"(every digit after _c is the camera number)", path, fix)
+    if pids and pid != -1 and (pid < pids[0] or (pids[1] is not None and pid > pids[1])):
+        span = f"{pids[0]}..{pids[1]}" if pids[1] is not None else f"{pids[0]} or more"
+        raise DatasetError(f"person id {pid} is outside {naming}'s range {span} (-1 = junk)",
+                           path, fix)
+    return pid, cam - 1
+
+
 # ---------------------------------------------------------------- dataset roots
 
 def _market_layouts(root):
@@ -208,6 +251,10 @@ def check_dataset_root(name, root):
     ignored for the known ones); an unregistered name is a ValueError. Registered datasets whose
     layout this helper does not know are not checked (None is returned).
     """
+    if osp.exists(root) and not osp.isdir(root):
+        raise DatasetError("the dataset root is a file, not a folder", osp.abspath(root),
+                           "set DATASETS.ROOT (or the environment variable FASTREID_DATASETS) "
+                           "to the folder that holds the datasets")
     canonical = {n.lower(): n for n in _CHECKED + ("SyntheticReID",)}.get(str(name).lower(), name)
     if canonical not in DATASET_REGISTRY._obj_map:  # fastreid's Registry has no __contains__
         known = sorted(DATASET_REGISTRY._obj_map, key=str.lower)
@@ -242,52 +289,47 @@ def check_dataset_root(name, root):
 
 # ---------------------------------------------------------------- reader checks
 
-# fast-reid reader -> (its file-name pattern, searched in the whole path as it does; pid range;
-# camera range; an example name)
+# fast-reid reader -> its naming as fastreid/data/datasets/{market1501,dukemtmcreid}.py assert
+# it: pid range (None: unchecked), camera range, junk pid -1 skipped, an example name
 _NAMING = {
-    "Market1501": (re.compile(r"([-\d]+)_c(\d)"), (0, 1501), (1, 6), "0002_c1s1_000451_03.jpg"),
-    "DukeMTMC": (re.compile(r"([-\d]+)_c(\d)"), None, (1, 8), "0001_c2_f0046182.jpg"),
+    "Market1501": ((0, 1501), (1, 6), True, "0002_c1s1_000451_03.jpg"),
+    "DukeMTMC": (None, (1, 8), False, "0001_c2_f0046182.jpg"),
 }
+_READER_FIX = "rename it or move it out of the folder (fast-reid reads every *.jpg there)"
 
 
-def check_reader_names(reader, dir_path):
-    """Raise DatasetError for the first ``*.jpg`` in ``dir_path`` that fast-reid's ``reader``
-    (a key of ``_NAMING``) would fail on: a name without ``<pid>_c<camera>``, a pid or a camera
-    outside the reader's range (its asserts)."""
-    pattern, pids, (lo, hi), example = _NAMING[reader]
-    rule = (f"{reader} names are <pid>_c<camera>..., e.g. {example}, with camera {lo}..{hi}"
-            + (f" and pid {pids[0]}..{pids[1]} (-1 = junk)" if pids else ""))
-    fix_tail = "or move the file out of the folder (fast-reid reads every *.jpg there)"
-    for path in sorted(glob.glob(osp.join(dir_path, "*.jpg"))):
-        m = pattern.search(path)
-        if m is None:
-            raise DatasetError(f"image name does not follow the {reader} naming ({rule})", path,
-                               f"rename it like {example} {fix_tail}")
-        pid, cam = map(int, m.groups())
-        if pid == -1:
-            continue
-        if pids and not pids[0] <= pid <= pids[1]:
-            raise DatasetError(f"person id {pid} is outside {reader}'s range {pids[0]}..{pids[1]}"
-                               f" ({rule})", path, f"renumber the identity {fix_tail}")
-        if not lo <= cam <= hi:
-            raise DatasetError(f"camera {cam} is outside {reader}'s range {lo}..{hi} ({rule})",
-                               path, f"renumber the camera into {lo}..{hi} {fix_tail}")
+def read_reader_dir(dataset, reader, dir_path, is_train=True):
+    """fast-reid's ``process_dir`` of ``reader`` (a key of ``_NAMING``) with the names read by
+    ``parse_market_name``: the same items (``*.jpg`` in glob order; training ids as
+    ``"<dataset_name>_<id>"``), a bad name or number a ``DatasetError`` naming the file."""
+    pids, cameras, skip_junk, example = _NAMING[reader]
+    data = []
+    for path in glob.glob(osp.join(dir_path, "*.jpg")):
+        pid, camid = parse_market_name(path, cameras=cameras, pids=pids, naming=reader,
+                                       example=example, fix=_READER_FIX)
+        if skip_junk and pid == -1:
+            continue  # junk images are ignored, as fast-reid does
+        if is_train:
+            pid = f"{dataset.dataset_name}_{pid}"
+            camid = f"{dataset.dataset_name}_{camid}"
+        data.append((path, pid, camid))
+    return data
 
 
 @fix
 def reader_names_checked():
-    # fastreid/data/datasets/market1501.py, dukemtmcreid.py: process_dir fails on a badly
-    # named file with AttributeError or a bare AssertionError.  Market1501.process_dir and
-    # DukeMTMC.process_dir (and so every subclass, SyntheticReID included) now run
-    # check_reader_names first, which names the file, the naming rule and the fix.
+    # fastreid/data/datasets/market1501.py, dukemtmcreid.py: process_dir reads names with
+    # re.search(r"([-\d]+)_c(\d)", path): camera c10 is read as camera 1 and trains silently,
+    # and a bad name fails with AttributeError or a bare AssertionError.  Market1501.process_dir
+    # and DukeMTMC.process_dir (and so every subclass, SyntheticReID included) now read names
+    # with parse_market_name, the plugin's one Market-style name reader.
     from fastreid.data.datasets.dukemtmcreid import DukeMTMC
 
     for reader, cls in (("Market1501", Market1501), ("DukeMTMC", DukeMTMC)):
         original = cls.process_dir
 
-        def process_dir(self, dir_path, *args, _original=original, _reader=reader, **kwargs):
-            check_reader_names(_reader, dir_path)
-            return _original(self, dir_path, *args, **kwargs)
+        def process_dir(self, dir_path, is_train=True, _reader=reader):
+            return read_reader_dir(self, _reader, dir_path, is_train)
 
         functools.update_wrapper(process_dir, original)
         cls.process_dir = process_dir

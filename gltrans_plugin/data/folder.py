@@ -4,13 +4,18 @@
 
 - ``ROOT``: a folder holding ``bounding_box_train/``, ``query/`` and ``bounding_box_test/``
   whose images are named ``<pid>_c<camera>...`` (``0002_c1s1_000451_03.jpg``; camera numbers
-  1-based as in Market-1501, any number of digits; pid -1 = junk, skipped as fast-reid does;
+  1-based as in Market-1501, any number of digits, read by ``datasets.parse_market_name`` as
+  fast-reid's Market-1501 reader and the tools read them; pid -1 = junk, skipped as fast-reid
+  does;
   ``.jpg`` / ``.jpeg`` / ``.png`` / ``.bmp``; other files are ignored), or
 - ``TRAIN_LIST`` / ``QUERY_LIST`` / ``GALLERY_LIST``: text files with one image a line,
   ``path pid camid [viewid]`` separated by white space (paths without spaces; relative paths
   are relative to the list file's folder; camera and view ids 0-based integers; pid an integer,
-  -1 = junk, skipped; blank lines and lines starting with ``#`` are ignored).  A list left
-  empty gives an empty split (e.g. a test-only set: query and gallery lists alone).
+  -1 = junk, skipped; blank lines and lines starting with ``#`` are ignored; UTF-8, a byte-order
+  mark and CRLF line ends are fine).  A list left empty gives an empty split (e.g. a test-only
+  set: query and gallery lists alone).  A line repeated (same image, same ids) is a warning in
+  the training list (the image is sampled twice as often) and an error in the query and
+  gallery lists (it would count twice in the metrics).
 
 Relative ``ROOT`` / list paths are relative to the working directory.  Both forms give the same
 items: training ``(path, "<name>_<pid>", "<name>_<camera>")`` as fast-reid's readers (the name
@@ -33,13 +38,12 @@ warning too (it counts for nothing in the evaluation).
 import logging
 import os
 import os.path as osp
-import re
 from collections import Counter, defaultdict
 
 from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.datasets.bases import ImageDataset
 
-from .datasets import DatasetError
+from .datasets import DatasetError, parse_market_name
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +52,8 @@ __all__ = ["ReIDFolder", "ReIDFolder2", "folder_kwargs", "read_list", "read_mark
 SPLITS = ("train", "query", "gallery")
 MARKET_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")  # <pid>_c<camera>... (Market-1501 / DukeMTMC)
+_NAME_FIX = ("rename it, or move it out of the folder; or describe the images with list files "
+             "(DATASETS.FOLDER.TRAIN_LIST / QUERY_LIST / GALLERY_LIST)")
 _JUNK_PID = -1
 _SHOWN = 5  # identities / lines named in one message
 
@@ -78,23 +83,10 @@ def read_market_folder(split_dir):
         path = osp.join(split_dir, fname)
         if not fname.lower().endswith(IMAGE_EXTENSIONS) or not osp.isfile(path):
             continue
-        m = MARKET_NAME.match(fname)
-        if m is None:
-            raise DatasetError(
-                "image name does not follow the Market-1501 naming <pid>_c<camera>... "
-                "(e.g. 0002_c1s1_000451_03.jpg)", osp.abspath(path),
-                "rename it, or move it out of the folder; or describe the images with list "
-                "files (DATASETS.FOLDER.TRAIN_LIST / QUERY_LIST / GALLERY_LIST)")
-        pid, cam = int(m.group(1)), int(m.group(2))
+        pid, cam = parse_market_name(osp.abspath(path), pids=(0, None), fix=_NAME_FIX)
         if pid == _JUNK_PID:
             continue
-        if pid < 0:
-            raise DatasetError(f"person id {pid} is negative (-1 = junk is the only negative "
-                               f"id)", osp.abspath(path), "renumber the identity from 0")
-        if cam < 1:
-            raise DatasetError(f"camera c{cam}: Market-1501 camera numbers start at 1",
-                               osp.abspath(path), "number the cameras c1, c2, ...")
-        items.append((osp.abspath(path), pid, cam - 1))
+        items.append((osp.abspath(path), pid, cam))
     return items
 
 
@@ -107,13 +99,16 @@ def _int_field(text, what, where, line):
                            "after the path; paths without spaces)") from None
 
 
-def read_list(list_file):
+def read_list(list_file, split="train"):
     """([(absolute path, pid, camera)], {path: view id}, {path: "file:line"}) of a list file
-    (``path pid camid [viewid]`` a line); junk (pid -1) skipped.  A bad line, or a listed image
-    that does not exist, is a DatasetError naming ``file:line``."""
+    (``path pid camid [viewid]`` a line; UTF-8 with or without a byte-order mark, any line
+    ends); junk (pid -1) skipped.  A bad line, or a listed image that does not exist, is a
+    DatasetError naming ``file:line``; so is a repeated line in a query / gallery list
+    (``split``), a warning in a training list."""
     base = osp.dirname(list_file)
     items, views, lines = [], {}, {}
-    with open(list_file, "r", encoding="utf-8") as f:
+    seen = {}  # (path, pid, camera, view) -> "file:line"
+    with open(list_file, "r", encoding="utf-8-sig", errors="surrogateescape") as f:
         for n, line in enumerate(f, 1):
             fields = line.split()
             if not fields or fields[0].startswith("#"):
@@ -144,6 +139,16 @@ def read_list(list_file):
                 raise DatasetError(f"listed image {fields[0]} does not exist (looked for "
                                    f"{path})", where, "fix the path (relative paths are "
                                    "relative to the list file's folder) or remove the line")
+            first = seen.setdefault((path, pid, cam, view), where)
+            if first != where:
+                if split != "train":
+                    raise DatasetError(
+                        f"line {line.strip()!r} repeats line {first.rsplit(':', 1)[1]}: the "
+                        f"image would count twice in the metrics", where,
+                        f"remove one of the two lines from the {split} list")
+                logger.warning("%s: line %r repeats line %s: the image is sampled twice as "
+                               "often; remove one of them unless that is meant.", where,
+                               line.strip(), first.rsplit(":", 1)[1])
             items.append((path, pid, cam))
             lines.setdefault(path, where)
             if view is not None:
@@ -214,7 +219,7 @@ class ReIDFolder(ImageDataset):
                 raise DatasetError(f"{type(self).__name__}: {split} list file not found", path,
                                    f"set {key}.{split.upper()}_LIST to an existing file "
                                    f"(path pid camid [viewid] a line)")
-            data[split], views, lines = read_list(path)
+            data[split], views, lines = read_list(path, split)
             self.view_ids.update(views)
             self._lines[split] = lines
         self.train_dir, self.query_dir, self.gallery_dir = (self._where[s] for s in SPLITS)

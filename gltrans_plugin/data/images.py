@@ -6,17 +6,13 @@ fail far from the file (torchvision's ``RandomErasing``: ``ValueError: If value 
 it should have either a single value or 4 ...``) or normalise wrong values.  ``to_rgb``
 converts every mode (P, L, LA, RGBA, CMYK, YCbCr, I;16, I, F, 1, ...) to RGB: transparency
 composited on black (what dropping alpha gives), 16-bit scaled to 8 bits.
-The fix ``images_read_as_rgb`` (registered with ``compat.fix``) makes fast-reid's reader
+The runtime patch ``images_read_as_rgb`` (``patches/data.py``) makes fast-reid's reader
 (training, test and ``tools/``) return ``to_rgb`` images.
 """
-import functools
-
 import numpy as np
 from PIL import Image
 
-from ..compat import fix
-
-__all__ = ["images_read_as_rgb", "to_rgb"]
+__all__ = ["to_rgb"]
 
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -39,31 +35,3 @@ def to_rgb(img):
         return Image.alpha_composite(black, rgba).convert("RGB")
     return img.convert("RGB")
 
-
-@fix
-def images_read_as_rgb():
-    # fastreid/data/data_utils.py: read_image keeps the file's mode (RGBA, CMYK, 16-bit ...),
-    # which the transforms then fail on.  It now returns ``to_rgb`` images when no format is
-    # asked for (CommDataset and the tools call it so).
-    from fastreid.data import common, data_utils
-
-    original = data_utils.read_image
-
-    @functools.wraps(original)
-    def read_image(file_name, format=None):
-        if format is not None:
-            return original(file_name, format)
-        with data_utils.PathManager.open(file_name, "rb") as f:
-            img = Image.open(f)
-            try:
-                from PIL import ImageOps
-
-                img = ImageOps.exif_transpose(img)
-            except Exception:  # noqa: BLE001  (fast-reid ignores bad EXIF too)
-                pass
-            img = to_rgb(img)
-            img.load()
-        return img
-
-    data_utils.read_image = read_image
-    common.read_image = read_image  # CommDataset imported it by name

@@ -24,7 +24,7 @@ from .rerank import aqe, k_reciprocal_distance
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ChunkedReidEvaluator", "FastReidEvaluator", "feature_spread"]
+__all__ = ["ChunkedReidEvaluator", "feature_spread"]
 
 
 def feature_spread(q_feat, g_feat, q_pids, g_pids, max_query=512, max_gallery=4096, seed=0):
@@ -159,14 +159,3 @@ class ChunkedReidEvaluator(DatasetEvaluator):
         for fpr in [1e-4, 1e-3, 1e-2]:
             ind = np.argmin(np.abs(fprs - fpr))
             self._results["TPR@FPR={:.0e}".format(fpr)] = tprs[ind]
-
-
-class FastReidEvaluator(ChunkedReidEvaluator):
-    """The old name of ``ChunkedReidEvaluator`` (deprecated; removed in the next release)."""
-
-    def __init__(self, *args, **kwargs):
-        import warnings
-
-        warnings.warn("FastReidEvaluator is deprecated: use ChunkedReidEvaluator.",
-                      DeprecationWarning, stacklevel=2)
-        super().__init__(*args, **kwargs)

@@ -47,6 +47,8 @@ def inference_on_dataset(model, data_loader, evaluator, flip_test: bool = False,
 
     Same contract as ``fastreid.evaluation.inference_on_dataset``; the flip test averages the
     two passes' features without double normalisation (see module docstring)."""
+    from .index import check_finite_features
+
     total = len(data_loader)
     logger.info("Start inference on %d batches (%d images)", total,
                 len(getattr(data_loader, "dataset", [])))
@@ -60,6 +62,7 @@ def inference_on_dataset(model, data_loader, evaluator, flip_test: bool = False,
     with inference_context(model), torch.no_grad():
         for inputs in it:
             outputs = flip_features(model, inputs, flip_test)
+            check_finite_features(outputs, inputs.get("img_paths"))  # names images, weights
             evaluator.process(inputs, outputs)
     dt = time.perf_counter() - start
     logger.info("Total inference time: %s (%.4f s / batch, %d devices)",

@@ -115,11 +115,21 @@ def _chunk_scores(q: torch.Tensor, g: torch.Tensor, metric: str,
 def full_fp32_matmul(device):
     """CUDA products in full fp32 inside the block, whatever the caller set: TF32 (10-bit
     mantissa) would change distances by ~1e-3 and with them the ranking.  The caller's
-    setting is restored after; a no-op on CPU."""
+    setting is restored after; a no-op on CPU.  Through ``fp32_precision`` where torch has it
+    (2.9+: once the caller used that API, the legacy ``allow_tf32`` can no longer be read), the
+    legacy flag before."""
     if torch.device(device).type != "cuda":
         yield
         return
     mm = torch.backends.cuda.matmul
+    if hasattr(mm, "fp32_precision"):
+        old = mm.fp32_precision
+        mm.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            mm.fp32_precision = old
+        return
     try:
         old = mm.allow_tf32
         mm.allow_tf32 = False

@@ -32,13 +32,16 @@ export, attention maps and the distiller read those.
 
 SIE ids: ``camids`` / ``viewids`` are LongTensors of shape B (or None).
     * ids None, or -1 (not known) -> ``sie_unseen`` (MODEL.BACKBONE.SIE_UNSEEN): "error", "none"
-      (no SIE term) or "mean" (the mean of the learned table); a warning once per model.
+      (no SIE term) or "mean" (the mean of the learned table over the unknown ids: with a
+      camera x view table and the camera known, the mean of that camera's view rows); a
+      warning once per model.
     * a given id outside [0, table size) -> ValueError when ``strict_ids``
       (MODEL.GLTRANS.STRICT_CAMIDS), otherwise treated as not known.
 """
 import logging
 from functools import partial
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import List, NamedTuple, Optional, Protocol, Sequence, Tuple, Union, \
+    runtime_checkable
 
 import torch
 from fastreid.config import configurable
@@ -50,6 +53,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention_impl import (check_attn_impl, compile_fallback, compile_modules, is_compile_error,
                     set_fused_attention, use_fused_attention)
+from .stem import IBNConvStemPatchEmbed, check_stem
 
 logger = logging.getLogger(__name__)
 
@@ -94,20 +98,21 @@ class BackboneSpec(NamedTuple):
 
 
 class BackboneOutput(NamedTuple):
-    """The GLTrans backbone's forward output; ``out["cls"]`` reads like ``out.cls``."""
+    """The GLTrans backbone's forward output (the contract between a backbone and the heads)."""
     cls: List[torch.Tensor]      # K x [B x D], each after its LayerNorm
     patches: List[torch.Tensor]  # K x [B x N x D]
     grid: Tuple[int, int]        # (Hg, Wg)
 
-    def __getitem__(self, key):
-        return getattr(self, key) if isinstance(key, str) else tuple.__getitem__(self, key)
 
-    @classmethod
-    def of(cls, features) -> "BackboneOutput":
-        """A ``BackboneOutput`` from itself or a {"cls", "patches", "grid"} mapping."""
-        if isinstance(features, cls):
-            return features
-        return cls(features["cls"], features["patches"], tuple(features["grid"]))
+@runtime_checkable
+class GLTransBackbone(Protocol):
+    """What the GLTrans meta-architecture needs of a backbone: ``output_spec()`` (sizes the heads
+    are built from) and ``forward(images, camids=None, viewids=None) -> BackboneOutput``."""
+
+    def output_spec(self) -> BackboneSpec: ...
+
+    def forward(self, x: torch.Tensor, camids: Optional[torch.Tensor] = None,
+                viewids: Optional[torch.Tensor] = None) -> BackboneOutput: ...
 
 
 def _pair(v) -> Tuple[int, int]:
@@ -216,6 +221,7 @@ class GLTransViT(nn.Module):
         grad_checkpoint: bool = False,
         attn_impl: str = "auto",
         compile_blocks: bool = False,
+        stem: str = "",
     ):
         super().__init__()
         if embed_dim <= 0 or depth <= 0 or num_heads <= 0:
@@ -227,7 +233,8 @@ class GLTransViT(nn.Module):
         self.img_size = _pair(img_size)
         self.embed_dim = self.num_features = embed_dim
         self.num_heads = num_heads
-        self.patch_embed = OverlapPatchEmbed(patch_size, stride_size, in_chans, embed_dim)
+        embed = IBNConvStemPatchEmbed if check_stem(stem) == "ibn_conv" else OverlapPatchEmbed
+        self.patch_embed = embed(patch_size, stride_size, in_chans, embed_dim)  # stem.py
         self.grid_size = self.patch_embed.grid(self.img_size)  # (Hg, Wg), validates sizes
         num_patches = self.grid_size[0] * self.grid_size[1]
 
@@ -315,6 +322,7 @@ class GLTransViT(nn.Module):
             "grad_checkpoint": bool(bb.GRAD_CHECKPOINT),
             "attn_impl": str(cfg.MODEL.ATTN_IMPL),
             "compile_blocks": bool(cfg.MODEL.COMPILE),
+            "stem": str(bb.STEM),
         }
 
     # ------------------------------------------------------------------ init
@@ -373,44 +381,64 @@ class GLTransViT(nn.Module):
         if not self._logged_no_sie:
             logger.warning("SIE: features asked for images without a %s id: they get %s "
                            "(MODEL.BACKBONE.SIE_UNSEEN %r). Give the ids where known.", what,
-                           "the mean camera embedding" if self.sie_unseen == "mean"
+                           "the mean learned embedding" if self.sie_unseen == "mean"
                            else "no SIE term", self.sie_unseen)
             self._logged_no_sie = True
         return self.sie_unseen == "mean"
 
     def _sie(self, camids, viewids, batch: int, device) -> Optional[torch.Tensor]:
-        """SIE term sie_coe * table[index], B x 1 x D (rows of images without a usable id follow
-        ``sie_unseen``: the mean of the table, or zero), or None when no SIE applies.  Out of
-        place throughout, so the same code traces for ONNX export."""
+        """SIE term sie_coe * table[index], B x 1 x D, or None when no SIE applies.  Images
+        without a usable id follow ``sie_unseen``: zero, or the mean of the table over what is
+        not known (``_unseen_mean``).  Out of place throughout, so the same code traces for ONNX
+        export (a graph exported with camera ids only applies the policy to the views)."""
         if self.sie_embed is None:
             return None
         uses = [(ids, size, what, key) for use, ids, size, what, key in (
             (self.sie_camera, camids, self.num_cameras, "camera", "MODEL.BACKBONE.NUM_CAMERAS"),
             (self.sie_view, viewids, self.num_views, "view", "MODEL.BACKBONE.NUM_VIEWS"))
             if use]
-        missing = [what for ids, _, what, _ in uses if ids is None]
-        if missing:  # the whole batch without ids: no per-sample arithmetic (dynamic batch)
-            if not self._unseen(missing[0]):
+        given = [ids for ids, _, _, _ in uses if ids is not None]
+        if not given:  # the whole batch without ids: no per-sample arithmetic (dynamic batch)
+            if not self._unseen(uses[0][2]):
                 return None
             return self.sie_coe * self.sie_embed.mean(0).view(1, 1, -1)  # 1 x 1 x D
-        index = torch.zeros(batch, dtype=torch.long, device=device)
-        valid = torch.ones(batch, dtype=torch.bool, device=device)
+        ref = torch.as_tensor(given[0], device=device).long().reshape(-1)
+        index, oks = [], []
         unusable = None  # the first kind of id some image lacks
         for ids, size, what, key in uses:
-            ids = torch.as_tensor(ids, device=device).long().reshape(-1)
+            # a kind of id not given at all: -1 (not known) for every image
+            ids = torch.full_like(ref, -1) if ids is None else \
+                torch.as_tensor(ids, device=device).long().reshape(-1)
             if ids.numel() != batch:
                 raise ValueError(f"got {ids.numel()} {what} ids for a batch of {batch} images.")
             ok = self._check_ids(ids, size, what, key)
             if unusable is None and not torch.jit.is_tracing() and not bool(ok.all()):
                 unusable = what
-            valid = valid & ok
-            index = index * size + torch.where(ok, ids, torch.zeros_like(ids))
-        table = self.sie_embed                                       # T x D
-        sie = table[index] * valid.unsqueeze(1).to(table.dtype)      # B x D
+            oks.append(ok)
+            index.append(torch.where(ok, ids, torch.zeros_like(ids)))
+        table = self.sie_embed.view(*[size for _, size, _, _ in uses], -1)  # C|V x D, C x V x D
+        valid = oks[0] if len(oks) == 1 else oks[0] & oks[1]
+        sie = table[tuple(index)] * valid.unsqueeze(1).to(table.dtype)  # B x D
         # a graph cannot tell whether some id is unusable: it always applies the policy
         if (torch.jit.is_tracing() or unusable is not None) and self._unseen(unusable or "camera"):
-            sie = sie + (~valid).unsqueeze(1).to(table.dtype) * table.mean(0, keepdim=True)
-        return self.sie_coe * sie.unsqueeze(1)                       # B x 1 x D
+            sie = sie + self._unseen_mean(table, index, oks)
+        return self.sie_coe * sie.unsqueeze(1)                         # B x 1 x D
+
+    @staticmethod
+    def _unseen_mean(table, index, oks):
+        """B x D, zero for images whose ids are all usable; for the others the mean of the SIE
+        table over the unknown ids.  One-id table (T x D): the mean row.  Camera x view table
+        (C x V x D): the mean over views of the image's camera rows when only its view is
+        unknown, over cameras of its view rows when only its camera is, else the mean row."""
+        def m(mask):  # B -> B x 1 in the table's dtype
+            return mask.unsqueeze(1).to(table.dtype)
+
+        if len(oks) == 1:
+            return m(~oks[0]) * table.mean(0, keepdim=True)
+        (cam, view), (ok_cam, ok_view) = index, oks
+        return (m(ok_cam & ~ok_view) * table.mean(1)[cam]             # B x D
+                + m(~ok_cam & ok_view) * table.mean(0)[view]          # B x D
+                + m(~ok_cam & ~ok_view) * table.mean((0, 1)).unsqueeze(0))  # 1 x D
 
     # ------------------------------------------------------------------ forward
     def _pos_embed(self, grid: Tuple[int, int]) -> torch.Tensor:
@@ -494,14 +522,10 @@ def spec_from_config(cfg) -> BackboneSpec:
 def _maybe_load_pretrained(cfg, model: nn.Module) -> nn.Module:
     bb = cfg.MODEL.BACKBONE
     if bb.PRETRAIN:
-        from .weights import load_pretrained
+        from .weights import load_pretrained_from_config
 
-        allow = None  # the opt-in is env GLTRANS_ALLOW_PICKLE=1 (checkpoint.load_file)
-        if bb.ALLOW_PICKLE:
-            logger.warning("MODEL.BACKBONE.ALLOW_PICKLE is deprecated and will be removed in the "
-                           "next release: set env GLTRANS_ALLOW_PICKLE=1 instead.")
-            allow = True
-        load_pretrained(model, bb.PRETRAIN_PATH, allow_pickle=allow, fmt=str(bb.PRETRAIN_FORMAT))
+        # pickled files need the one opt-in, env GLTRANS_ALLOW_PICKLE=1 (checkpoint.load_file)
+        load_pretrained_from_config(cfg, model)  # a file or a name (PRETRAIN_PATH / _CACHE)
     return model
 
 

@@ -284,9 +284,13 @@ class GLTransHead(nn.Module):
             "neck_bias_freeze": bool(g.NECK_BIAS_FREEZE),
         }
 
-    def branch_features(self, features: Dict) -> Dict[str, torch.Tensor]:
-        """Backbone dict -> {name: B x dim} for global/local (when built) and every cls<l>."""
-        cls_tokens, patches, grid = BackboneOutput.of(features)
+    def branch_features(self, features: BackboneOutput) -> Dict[str, torch.Tensor]:
+        """Backbone output -> {name: B x dim} for global/local (when built) and every cls<l>."""
+        if not isinstance(features, BackboneOutput):
+            raise TypeError(f"GLTransHead takes the backbone's BackboneOutput(cls, patches, grid), "
+                            f"got {type(features).__name__}: a GLTrans backbone's forward must "
+                            f"return modeling.backbone.BackboneOutput.")
+        cls_tokens, patches, grid = features
         if len(cls_tokens) != len(self.cls_names):
             raise ValueError(
                 f"The head was built for {len(self.cls_names)} aggregated layers, "

@@ -24,6 +24,7 @@ from fastreid.modeling.heads import REID_HEADS_REGISTRY
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY, Baseline
 from torch import nn
 
+from .backbone import GLTransBackbone
 from .heads import GLTransHead
 from .losses import MultiBranchLoss, log_branch_accuracy, log_branch_health
 
@@ -64,10 +65,11 @@ class GLTrans(Baseline):
                 f"MODEL.HEADS.NAME is {cfg.MODEL.HEADS.NAME!r}: set it to "
                 f"'GLTransHead'."
             )
-        if not callable(getattr(backbone, "output_spec", None)):
+        if not isinstance(backbone, GLTransBackbone):
             raise ValueError(
                 f"MODEL.META_ARCHITECTURE 'GLTrans' needs a backbone that publishes its output "
-                f"(output_spec(), as build_gltrans_backbone's does); MODEL.BACKBONE.NAME is "
+                f"(output_spec() and a BackboneOutput forward: modeling.backbone.GLTransBackbone, "
+                f"as build_gltrans_backbone's); MODEL.BACKBONE.NAME is "
                 f"{cfg.MODEL.BACKBONE.NAME!r}.")
         heads = head_cls(cfg, spec=backbone.output_spec())
         criterion = MultiBranchLoss(

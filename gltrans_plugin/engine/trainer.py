@@ -1,0 +1,211 @@
+"""The plugin's trainer: fast-reid's ``DefaultTrainer`` (as the plugin's runtime patches leave it:
+the plugin's loaders, camera count, warm-up in epochs, AMP dtype) plus what only this plugin's
+runs do: set-up checks before data and model, the evaluator of TEST.EVALUATOR, rank 0's
+BatchNorm statistics evaluated on every rank, a configurable log period, training health, an
+optional evaluation before training, checked resumes that continue with the same batches, and
+``results.json``.  No training loop of its own.
+"""
+import contextlib
+import logging
+import os
+
+import torch
+from fastreid.engine import DefaultTrainer, default_setup, hooks
+from fastreid.evaluation import ReidEvaluator
+from fastreid.utils import comm
+from fastreid.utils.env import seed_all_rng
+from fastreid.utils.logger import setup_logger
+
+from ..checkpoint import check_optimizer_fits, check_resume_fits, load_file
+from ..checks import check_data, validate_config
+from ..data import clear_dataset_cache
+from ..data.samplers import EpochSampler
+from ..distributed import broadcast_buffers
+from ..evaluation import ChunkedReidEvaluator
+from ..evaluation.results import put_eval_results
+from .hooks import TrainingHealth
+from .results import log_before_after, write_results
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Trainer", "checked_loads", "default_setup_gltrans"]
+
+RESUME_KEY = "--resume (OUTPUT_DIR/last_checkpoint)"  # names the file in messages
+
+
+class Trainer(DefaultTrainer):
+    """``DefaultTrainer`` for GLTrans (and any fast-reid model) on today's stack."""
+
+    def __init__(self, cfg):
+        validate_config(cfg)  # impossible settings fail here, before any data is read
+        clear_dataset_cache()  # this start-up lists every dataset once (data/build.py)
+        try:
+            super().__init__(cfg)
+        except BaseException:  # the train loader's prefetch thread may already run: stop it,
+            self.stop_train_stream()  # or the interpreter aborts at exit (rc 134)
+            raise
+        self._before_train_results = None
+        # fast-reid sets this in default_setup only; a Trainer built without it honours it too
+        torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
+
+    # ------------------------------------------------------------------ evaluation
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_dir=None):
+        data_loader, num_query = cls.build_test_loader(cfg, dataset_name)
+        name = cfg.TEST.EVALUATOR
+        if name == "chunked":
+            return data_loader, ChunkedReidEvaluator(cfg, num_query, output_dir)
+        if name != "fastreid":
+            raise ValueError(f"TEST.EVALUATOR {cfg.TEST.EVALUATOR!r}: use 'chunked' (ours) or "
+                             f"'fastreid' (fast-reid's ReidEvaluator).")
+        return data_loader, ReidEvaluator(cfg, num_query, output_dir)
+
+    @classmethod
+    def test(cls, cfg, model, *args, **kwargs):
+        # every rank evaluates rank 0's BatchNorm statistics: the model rank 0 saves
+        broadcast_buffers(model)
+        return super().test(cfg, model, *args, **kwargs)
+
+    @staticmethod
+    def auto_scale_hyperparams(cfg, num_classes):
+        if comm.is_main_process() and cfg.OUTPUT_DIR:  # fast-reid writes config.yaml there
+            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        cfg = DefaultTrainer.auto_scale_hyperparams(cfg, num_classes)  # classes and cameras
+        check_data(cfg)  # empty query / gallery, camera ids vs the SIE table
+        if comm.is_main_process() and cfg.OUTPUT_DIR:  # config.yaml with every auto value
+            with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
+                f.write(cfg.dump())
+        return cfg
+
+    def build_hooks(self):
+        ret = super().build_hooks()
+        period = max(1, int(self.cfg.SOLVER.LOG_PERIOD))
+        for h in ret:
+            if isinstance(h, hooks.PeriodicWriter):
+                h._period = period
+        if self.cfg.SOLVER.HEALTH.ENABLED and comm.is_main_process():
+            ret.insert(0, TrainingHealth(period, self.cfg.SOLVER.HEALTH))
+        if self.cfg.TEST.EVAL_BEFORE_TRAIN and comm.is_main_process():
+            # the untrained model's accuracy at the first iteration of metrics.json / TensorBoard
+            ret.insert(0, hooks.CallbackHook(before_train=lambda t: put_eval_results(
+                t.storage, t._before_train_results, t.cfg.DATASETS.TESTS)))
+        return ret
+
+    # ------------------------------------------------------------------ run
+    def resume_or_load(self, resume=True):
+        """fast-reid's resume_or_load; a checkpoint to resume from must fit the model and the
+        optimizer (checkpoint.check_resume_fits) and errors name the file and the key; on resume
+        the train sampler continues at the checkpoint's next epoch, with the batches the
+        uninterrupted run would have drawn there."""
+        try:
+            ck = self.checkpointer
+            if not (resume and ck.has_checkpoint()):
+                out = super().resume_or_load(resume=resume)
+            else:
+                path = ck.get_checkpoint_file()
+                with checked_loads(ck, lambda sd: check_resume_fits(sd, ck.model, path),
+                                   key=RESUME_KEY):
+                    out = super().resume_or_load(resume=resume)
+                check_optimizer_fits(self.optimizer, path)
+        except BaseException:  # stop the prefetch thread before raising (no SIGABRT at exit)
+            self.stop_train_stream()
+            raise
+        if resume and self.start_epoch > 0:
+            self.restart_train_stream(self.start_epoch)
+        return out
+
+    def train(self):
+        try:
+            return self._train()
+        finally:  # fast-reid leaves the prefetch thread running; stop it
+            self.stop_train_stream()
+
+    def _train(self):
+        if self.cfg.TEST.EVAL_BEFORE_TRAIN and self.start_epoch == 0:
+            logger.info("Evaluating the model before training (TEST.EVAL_BEFORE_TRAIN).")
+            self._before_train_results = self.test(self.cfg, self.model)
+        if self.start_epoch >= self.max_epoch:
+            logger.info(f"Checkpoint is at the last epoch ({self.max_epoch}); evaluating it.")
+            self._last_eval_results = self.test(self.cfg, self.model)
+            if comm.is_main_process():
+                write_results(self.cfg.OUTPUT_DIR, self._last_eval_results, None,
+                              self.start_epoch * self.iters_per_epoch)
+            return self._last_eval_results
+        results = super().train()
+        if comm.is_main_process():
+            if self._before_train_results:
+                log_before_after(self._before_train_results, results)
+            write_results(self.cfg.OUTPUT_DIR, results, self._before_train_results,
+                          self.iter + 1)
+        return results
+
+    # ------------------------------------------------------------------ train stream
+    def stop_train_stream(self):
+        """Stop the train loader's prefetch thread (fast-reid leaves it running after training;
+        a daemon thread still inside torch when the interpreter exits aborts the process).  A
+        trainer whose construction failed before its loop (and so its thread) existed has
+        nothing to stop."""
+        loop = getattr(self, "_trainer", None)
+        if loop is not None:
+            _shutdown(loop.data_loader)
+
+    def restart_train_stream(self, start_epoch):
+        """Point the running train loader at ``start_epoch`` of its ``EpochSampler``.
+
+        ``SimpleTrainer`` starts iterating the loader when it is built, before
+        ``resume_or_load`` knows the epoch: stop that prefetch thread and start a new iterator
+        at ``start_epoch``.  Returns True when the stream was moved.
+        """
+        inner = self._trainer
+        loader = inner.data_loader
+        sampler = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
+        if not isinstance(sampler, EpochSampler):
+            return False
+        sampler.start_epoch = int(start_epoch)
+        _shutdown(loader)
+        inner._data_loader_iter = iter(loader)
+        logger.info("Train sampler resumed at epoch %d (same batches as an uninterrupted run).",
+                    start_epoch)
+        return True
+
+
+def _shutdown(loader):
+    shutdown = getattr(loader, "_shutdown_background_thread", None)
+    if shutdown is not None and getattr(loader, "iter", None) is not None:
+        try:
+            shutdown()
+        except Exception:  # noqa: BLE001  (the stream is discarded anyway)
+            logger.debug("train-loader thread did not shut down cleanly", exc_info=True)
+
+
+@contextlib.contextmanager
+def checked_loads(checkpointer, check, key="MODEL.WEIGHTS"):
+    """Within the block, every checkpoint ``checkpointer`` loads is read with ``key`` naming it
+    in messages, and ``check(model_state_dict)`` runs on it before fast-reid's own (non-strict)
+    ``_load_model`` applies it."""
+    load_model = checkpointer._load_model
+
+    def _load_file(f):
+        return load_file(f, key=key)
+
+    def _load_model(checkpoint):
+        check(checkpoint.get("model", {}))
+        return load_model(checkpoint)
+
+    checkpointer._load_file, checkpointer._load_model = _load_file, _load_model
+    try:
+        yield checkpointer
+    finally:
+        del checkpointer._load_file, checkpointer._load_model  # back to the class's methods
+
+
+def default_setup_gltrans(cfg, args):
+    """fast-reid's default_setup, plus seeding from cfg.SEED and the plugin's logger."""
+    default_setup(cfg, args)
+    # fastreid's default_setup configures only the "fastreid" logger: ours log there too.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="gltrans_plugin",
+                 abbrev_name="gltrans")
+    if cfg.SEED >= 0:
+        seed_all_rng(cfg.SEED + comm.get_rank())
+    if cfg.MODEL.DEVICE == "cpu":
+        logging.getLogger("fastreid").info("No GPU found (or MODEL.DEVICE cpu): running on CPU.")
