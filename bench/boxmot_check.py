@@ -115,7 +115,7 @@ def _tiny_model(work):
 
     cfg = setup_cfg(os.path.join(REPO, "configs/GLTrans/synthetic_demo.yml"), [
         "INPUT.SIZE_TEST", "[64, 32]", "INPUT.SIZE_TRAIN", "[64, 32]",
-        "MODEL.HEADS.NUM_CLASSES", "8", "MODEL.BACKBONE.NUM_CAMERAS", "3",
+        "MODEL.HEADS.NUM_CLASSES", "8", "MODEL.BACKBONE.NUM_CAMERAS", "4",
         "MODEL.DEVICE", "cpu", "OUTPUT_DIR", work])
     torch.manual_seed(0)
     out = os.path.join(work, "model")

@@ -12,11 +12,12 @@ Contenders, at the same input size, batch and backbone size (stride-12 overlappi
                    same ``Baseline``: its attention is the unfused softmax(QK^T)V of 2021 timm.
                    fast-reid knows no ViT-tiny/small of these sizes ('small' is 8 x 768).
 
-Reported for each: parameters; forward FLOPs per image (fvcore, with a handle for
-``aten::scaled_dot_product_attention``, which fvcore otherwise skips with a warning; per module;
-cross-checked against ``torch.utils.flop_counter.FlopCounterMode`` with attention run in the
-math backend, so that counter sees plain matmuls and needs no attention formula at all);
-training-step FLOPs (forward + backward, FlopCounterMode); training step time (forward,
+Reported for each: parameters; forward FLOPs per image (the project's counter,
+``gltrans_plugin.analysis.flops``: fvcore with a handle for ``aten::scaled_dot_product_attention``,
+which fvcore otherwise skips with a warning; per module; cross-checked against
+``torch.utils.flop_counter.FlopCounterMode`` with attention run in the math backend, so that
+counter sees plain matmuls and needs no attention formula at all); training-step FLOPs
+(forward + backward, FlopCounterMode); training step time (forward,
 backward and SGD step; median of N after warm-up, contenders interleaved A, B, A, B so load from
 other processes hits both alike); inference images/s; peak memory (CPU: peak RSS of a
 fresh subprocess per contender (VmHWM: ru_maxrss would inherit the parent's peak) and its
@@ -40,7 +41,6 @@ batch of GLTrans whose peak stays within G GiB (fitted from batch 64 and 128, th
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import resource
@@ -58,6 +58,7 @@ import torch  # noqa: E402
 import gltrans_plugin  # noqa: E402,F401  (compat first; registers the model)
 from fastreid.config import get_cfg  # noqa: E402
 from fastreid.modeling.meta_arch import build_model  # noqa: E402
+from gltrans_plugin.analysis.flops import count_flops, counter_flops  # noqa: E402
 from gltrans_plugin.config import add_gltrans_config  # noqa: E402
 
 DIMS = {"tiny": 192, "small": 384, "base": 768}
@@ -185,39 +186,13 @@ def timed(fn, device):
 
 
 # ----------------------------------------------------------------------------- FLOPs
-def _sdpa_fvcore_handle(inputs_, outputs):
-    """fvcore handle for aten::scaled_dot_product_attention: QK^T and AV, in MACs."""
-    from fvcore.nn.jit_handles import get_shape
-
-    q, k, v = (get_shape(x) for x in inputs_[:3])
-    batch = math.prod(q[:-2])
-    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
-
-
 def fvcore_flops(model, images):
-    """Forward FLOPs (2 x MACs) of the eval forward: total and by module name."""
-    from fvcore.nn import FlopCountAnalysis
-
-    model.eval()
-    fca = FlopCountAnalysis(model, (images.clone(),))
-    fca.set_op_handle("aten::scaled_dot_product_attention", _sdpa_fvcore_handle)
-    fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-    by_module = {k: 2 * v for k, v in fca.by_module().items()}
-    unsupported = dict(fca.unsupported_ops())
-    return 2 * fca.total(), by_module, unsupported
-
-
-def counter_flops(fn):
-    """FlopCounterMode total and per-module counts of ``fn()`` with attention in the math
-    backend (plain bmm / softmax, which the counter knows without any attention formula)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False, depth=None)
-    with sdpa_kernel(SDPBackend.MATH), counter:
-        fn()
-    per_module = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
-    return counter.get_total_flops(), per_module
+    """Forward FLOPs (2 x MACs) of the eval forward (``analysis.flops.count_flops``): total,
+    by module name (without the wrapper's ``model.``) and the ops fvcore skipped."""
+    fca = count_flops(model, images)
+    by_module = {k[len("model."):] if k.startswith("model.") else k: 2 * v
+                 for k, v in fca.by_module().items()}
+    return 2 * fca.total(), by_module, dict(fca.unsupported_ops())
 
 
 def module_rows(name, by_module, prefix_root=""):

@@ -12,7 +12,13 @@ extent (head to shoes, arms included) clipped to the frame, as a detector would 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from gltrans_plugin.data import synthetic as syn
+try:  # the figure drawing of the built-in set
+    from gltrans_plugin.data.synthetic import draw as syn
+except ImportError:  # the one-module layout of earlier versions
+    from gltrans_plugin.data import synthetic as syn
+
+_camera = getattr(syn, "camera", None) or syn._camera
+_identity = getattr(syn, "identity", None) or syn._identity
 
 __all__ = ["Scene", "person_box"]
 
@@ -27,7 +33,7 @@ class Scene:
     """A camera: background of ``height`` x ``width`` and the identities of ``seed``."""
 
     def __init__(self, seed=0, height=480, width=640, camera=1, group_size=4):
-        cam = syn._camera(seed, camera, height, width)
+        cam = _camera(seed, camera, height, width)
         bg = cam["background"]
         reps = (int(np.ceil(height / bg.shape[0])), int(np.ceil(width / bg.shape[1])), 1)
         self.background = np.tile(bg, reps)[:height, :width].copy()
@@ -36,7 +42,7 @@ class Scene:
 
     def identity(self, pid):
         if pid not in self._ids:
-            self._ids[pid] = syn._identity(self.seed, pid, self.group_size)
+            self._ids[pid] = _identity(self.seed, pid, self.group_size)
         return self._ids[pid]
 
     def frame(self, people, pose_seed=0):

@@ -62,6 +62,8 @@ KNOWN_DATASETS = {
     # Liu et al., ECCV 2016 / ICME 2016 (VeRi-776): 576 training vehicles, 37,778 images,
     # 20 cameras
     "VeRi": {"NUM_CLASSES": 576, "NUM_CAMERAS": 20, "images": 37778},
+    # the same with viewpoint labels (a few unlabelled images may be left out)
+    "VeRiViews": {"NUM_CLASSES": 576, "NUM_CAMERAS": 20},
 }
 
 # Keys that say where or how fast a run ran, not what it trained: left out of the recipe hash.
@@ -123,11 +125,10 @@ def config_sha256(cfg):
 
 
 def _versions():
+    import importlib
     import importlib.metadata as metadata
 
-    from . import __version__
-
-    out = {"gltrans_plugin": __version__}
+    out = {"gltrans_plugin": importlib.import_module(__package__).__version__}
     for dist in ("fastreid", "torch", "timm", "huggingface_hub"):
         try:
             out[dist] = metadata.version(dist)

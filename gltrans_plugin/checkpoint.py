@@ -12,7 +12,7 @@ one fits the model it is loaded into.
   zip archive against its CRC-32 (torch does not check them: a few flipped bytes inside a
   tensor load silently), and every floating tensor for NaN / infinite values; both errors name
   the file and the tensor.
-* ``unwrap_state_dict`` / ``read_state_dict`` / ``sizes_from_state_dict``: a fast-reid
+* ``unwrap_state_dict`` / ``sizes_from_state_dict``: a fast-reid
   checkpoint or bare state dict -> name -> tensor, and the class / camera counts it shows.
 * ``load_state_dict`` / ``check_eval_fits``: trained weights for evaluation or a tool; a
   checkpoint that lacks model weights or holds weights the model does not have (another
@@ -51,7 +51,6 @@ __all__ = [
     "file_kind",
     "load_file",
     "load_state_dict",
-    "read_state_dict",
     "sizes_from_state_dict",
     "unwrap_state_dict",
 ]
@@ -306,11 +305,6 @@ def unwrap_state_dict(obj):
             k = k[len("module."):]
         out[k] = v
     return out
-
-
-def read_state_dict(path, key="--weights / MODEL.WEIGHTS"):
-    """A fast-reid checkpoint (``{"model": ...}``) or a bare state dict -> name -> tensor."""
-    return unwrap_state_dict(load_file(path, key=key))
 
 
 def sizes_from_state_dict(sd):

@@ -54,6 +54,13 @@ def add_gltrans_config(cfg):
     # ------------------------------------------------------------------ data
     # Dataset root. Empty: fast-reid's own rule (env FASTREID_DATASETS, else "datasets").
     _C.DATASETS.ROOT = ""
+    # Validation split held out of the training identities (data/validation.py): IDS > 0 holds
+    # out that many training identities (drawn with SEED), split into a query / gallery by
+    # camera; the trainer then evaluates it every TEST.EVAL_PERIOD instead of the test sets,
+    # keeps model_best.pth by validation mAP and tests that checkpoint once, at the end.
+    _C.DATASETS.VAL = CN()
+    _C.DATASETS.VAL.IDS = 0
+    _C.DATASETS.VAL.SEED = 0
     # Built-in synthetic Re-ID set (dataset name "SyntheticReID"), generated on first use.
     _C.DATASETS.SYNTHETIC = CN(dict(SYNTHETIC_DEFAULTS))  # sizes: see SYNTHETIC_DEFAULTS
     # Your own data: a Market-1501-style folder or list files (keys: see FOLDER_DEFAULTS), for
@@ -87,9 +94,10 @@ def add_gltrans_config(cfg):
     _C.MODEL.BACKBONE.SIE_VIEW = False     # add a learned per-viewpoint embedding (VeRi-776)
     _C.MODEL.BACKBONE.NUM_CAMERAS = 0      # SIE table size; 0 = number of cameras in the data
     _C.MODEL.BACKBONE.NUM_VIEWS = 0        # viewpoint table size; 0 = from the data
-    # What an image without a camera id (none given, -1; or an id outside the table when
-    # MODEL.GLTRANS.STRICT_CAMIDS is False) gets: "error" | "none" (no SIE term) | "mean" (the
-    # mean of the learned camera embeddings).  Used by evaluation, the extractor, the tools
+    # What an image without a camera (or view) id (none given, -1; or an id outside the table
+    # when MODEL.GLTRANS.STRICT_CAMIDS is False) gets: "error" | "none" (no SIE term) | "mean"
+    # (the mean of the learned embeddings; camera x view table: over the unknown id only, e.g.
+    # a known camera's mean over views).  Used by evaluation, the extractor, the tools
     # and the ONNX export alike.  "mean": on the built-in set with camera 4 held out of training
     # (queried from it), mAP 30.01 with "mean" vs 28.56 with "none" (docs/training.md).
     _C.MODEL.BACKBONE.SIE_UNSEEN = "mean"
@@ -187,11 +195,12 @@ def add_gltrans_config(cfg):
     _C.TEST.EVAL_BEFORE_TRAIN = False
     # Warm-up length in whole epochs; > 0 overrides SOLVER.WARMUP_ITERS (= epochs x iters/epoch).
     _C.SOLVER.WARMUP_EPOCHS = 0
-    # Learning-rate schedule (gltrans_plugin/solver.py). The paper says only "linear warm-up"
-    # and "cosine decay", which "paper" (default) reads with fast-reid's schedulers: warm-up from
-    # WARMUP_FACTOR x BASE_LR stepped every iteration, then SOLVER.SCHED stepped every epoch over
-    # the remaining epochs to ETA_MIN_LR. "released": the authors' code (timm's cosine, one LR
-    # per epoch, epochs counted from 1, the cosine over all MAX_EPOCH epochs with the warm-up
+    # Learning-rate schedule (gltrans_plugin/solver.py). The paper says only "initial learning
+    # rate ... with a cosine learning rate decay" (no warm-up, no step size), which both styles
+    # satisfy; the default "paper" keeps fast-reid's schedulers: warm-up (WARMUP_EPOCHS, from
+    # WARMUP_FACTOR x BASE_LR) stepped every iteration, then SOLVER.SCHED stepped every epoch
+    # over the remaining epochs to ETA_MIN_LR. "released": the authors' code (timm's cosine, one
+    # LR per epoch, epochs counted from 1, the cosine over all MAX_EPOCH epochs with the warm-up
     # replacing its first WARMUP_EPOCHS; warm-up start and floor the same for every group).
     _C.SOLVER.SCHED_STYLE = "paper"
     # Iterations between metric log lines / metrics.json rows (fast-reid hard-codes 200).

@@ -1,19 +1,28 @@
-"""Several processes as one, without orphans: fast-reid's launcher plus what it lacks.
+"""Several processes as one, whoever starts them, without orphans.
 
-* ``launch``: fast-reid's ``launch`` (``mp.spawn`` of one worker per device), but on one machine
-  a busy rendezvous port (``--dist-url``; fast-reid's default is one fixed port per user) is
-  replaced by a free one, with a warning naming the process that holds it; across machines
-  (where every machine must use the same address) it is an error naming the holder.
-* ``die_with_launcher``: called first in every worker (``distributed_worker``): the
-  kernel kills the worker when the launcher dies (Linux ``prctl(PR_SET_PDEATHSIG)``; elsewhere
-  a watchdog thread polling the parent pid), so a ``kill -9`` of the launcher leaves no worker
-  writing checkpoints into ``OUTPUT_DIR`` or holding the port.
+* ``launch``: fast-reid's ``launch`` (``mp.spawn`` of one worker per device; ``--num-gpus``,
+  ``--num-machines``, ``--machine-rank``, ``--dist-url``), but on one machine a busy rendezvous
+  port (fast-reid's default is one fixed port per user) is replaced by a free one, with a
+  warning naming the process that holds it; across machines (where every machine must use the
+  same address) it is an error naming the holder.  In a process that ``torchrun`` or SLURM's
+  ``srun`` started (``launcher_env``), that process is the worker: rank, world size, local
+  rank and rendezvous come from their environment (``run_launched``).
+* ``run_worker``: every worker's set-up, whoever started it: NCCL and one GPU per process for a
+  CUDA MODEL.DEVICE, gloo otherwise, fast-reid's per-machine process group, a clean shutdown.
+* ``die_with_launcher``: called first in every worker: the kernel kills the worker when its
+  launcher dies (Linux ``prctl(PR_SET_PDEATHSIG)``; elsewhere a watchdog thread polling the
+  parent pid), so a ``kill -9`` of the launcher leaves no worker writing checkpoints into
+  ``OUTPUT_DIR`` or holding the port.
 * ``broadcast_buffers``: rank 0's buffers (BatchNorm running statistics; DDP runs with
   ``broadcast_buffers=False``) copied to every rank before an evaluation, so the model every
   rank evaluates is the model rank 0 saves.
+* ``convert_sync_batchnorm``: fast-reid's ``NORM syncBN`` keys applied to every BatchNorm of
+  the model (GLTrans builds plain ones).
 """
+import errno
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -26,8 +35,9 @@ from .errors import UserError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["broadcast_buffers", "die_with_launcher", "distributed_worker", "free_dist_url", "launch",
-           "launch_device", "port_holders"]
+__all__ = ["broadcast_buffers", "convert_sync_batchnorm", "die_with_launcher",
+           "distributed_worker", "first_host", "free_dist_url", "launch", "launch_device",
+           "launcher_env", "port_holders", "run_launched", "run_worker"]
 
 LAUNCHER_PID_ENV = "GLTRANS_LAUNCHER_PID"
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0", "::1", "")
@@ -64,15 +74,16 @@ def die_with_launcher(signum=signal.SIGKILL):
 
 
 # ----------------------------------------------------------------------------- ports
-def _bindable(host, port):
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
+def _port_busy(port):
+    """True when a process on this machine listens on TCP ``port``: torch's TCPStore listens
+    on every interface, so a bind of the wildcard address is what it will try."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as torch's TCPStore does
         try:
-            s.bind((host, port))
-            return True
-        except OSError:
+            s.bind(("", port))
             return False
+        except OSError as e:
+            return e.errno == errno.EADDRINUSE
 
 
 def _socket_inodes(port):
@@ -124,20 +135,21 @@ def _holder_text(port):
 
 
 def free_dist_url(dist_url, num_machines=1, machine_rank=0):
-    """``dist_url`` if its port can be bound here, else (one machine) a free local port's url.
+    """``dist_url`` unless its port is taken here, else (one machine) a free local port's url.
 
     Across machines the address is shared, so a busy port on the rank-0 machine is a
-    ``UserError`` naming the process that holds it."""
+    ``UserError`` naming the process that holds it.  Only the port is checked: the host may be
+    any name or address that leads to the rank-0 machine (a name, an address of another
+    interface, a NAT'd address), which need not be bindable here."""
     if not dist_url or not str(dist_url).startswith("tcp://"):
         return dist_url
     url = urlparse(dist_url)
     host, port = url.hostname or "", url.port
     if port is None or (num_machines > 1 and machine_rank != 0):
         return dist_url
-    local = host in _LOCAL_HOSTS
-    if num_machines == 1 and not local:
+    if num_machines == 1 and host not in _LOCAL_HOSTS:
         return dist_url
-    if _bindable(host or "127.0.0.1", port):
+    if not _port_busy(port):
         return dist_url
     holder = _holder_text(port)
     if num_machines > 1:
@@ -155,9 +167,13 @@ def free_dist_url(dist_url, num_machines=1, machine_rank=0):
 def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist_url=None,
            args=()):
     """fast-reid's ``launch`` with a free rendezvous port and workers that die with this
-    process (``die_with_launcher``, run by ``distributed_worker``)."""
+    process (``die_with_launcher``, run by ``distributed_worker``); in a process that torchrun
+    or SLURM's srun started (``launcher_env``), that process is the worker."""
     from fastreid.engine import launch as fastreid_launch
 
+    spec = launcher_env()
+    if spec is not None:
+        return run_launched(main_func, spec, num_gpus_per_machine, num_machines, args)
     if num_gpus_per_machine * num_machines > 1:
         os.environ[LAUNCHER_PID_ENV] = str(os.getpid())  # inherited by the spawned workers
         # after a worker's one-line error, torch would log each SIGTERM of the others below it
@@ -187,6 +203,38 @@ def broadcast_buffers(model):
     return n
 
 
+# ----------------------------------------------------------------------------- SyncBN
+SYNC_BN = "syncBN"  # fast-reid's NORM value for BatchNorm synchronised across processes
+
+
+def sync_bn_asked(cfg):
+    """fast-reid's switch: ``MODEL.BACKBONE.NORM`` or ``MODEL.HEADS.NORM`` is "syncBN"."""
+    return SYNC_BN in (cfg.MODEL.BACKBONE.NORM, cfg.MODEL.HEADS.NORM)
+
+
+def convert_sync_batchnorm(model, cfg):
+    """``model`` with every BatchNorm layer (GLTrans' BNNecks and PTF BatchNorms included, which
+    are built as plain BatchNorm whatever the NORM keys say) turned into torch's
+    ``SyncBatchNorm`` when fast-reid's NORM keys ask for "syncBN" and several processes train:
+    the batch statistics are then those of the global batch, not of each process's share.  One
+    process: unchanged.  torch's SyncBatchNorm runs on GPUs only: on CPU it is a ``UserError``."""
+    import torch
+    from fastreid.utils import comm
+
+    if not sync_bn_asked(cfg) or comm.get_world_size() < 2:
+        return model
+    key = "MODEL.BACKBONE.NORM" if cfg.MODEL.BACKBONE.NORM == SYNC_BN else "MODEL.HEADS.NORM"
+    if not str(cfg.MODEL.DEVICE).startswith("cuda"):
+        raise UserError(f"{key} syncBN needs CUDA: torch's SyncBatchNorm runs on GPUs only, and "
+                        f"MODEL.DEVICE is {cfg.MODEL.DEVICE}", key,
+                        "use BN on CPU (each process then normalises its own share of the batch)")
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    logger.info("%s syncBN: %d BatchNorm layers share their statistics across the %d "
+                "processes.", key, len(bns), comm.get_world_size())
+    return model
+
+
 # ----------------------------------------------------------------------------- worker
 def launch_device(args):
     """cfg.MODEL.DEVICE of the run a launched worker is for (from its --config-file and opts),
@@ -203,35 +251,120 @@ def launch_device(args):
 
 
 def distributed_worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_rank,
-                        dist_url, args):
-    """fast-reid's launch worker (``fastreid.engine.launch._distributed_worker``, which the plugin's
-    runtime patch replaces with this one): NCCL and one GPU per worker for a CUDA MODEL.DEVICE,
-    gloo otherwise; the worker dies with its launcher and shuts its process group down cleanly."""
+                       dist_url, args):
+    """fast-reid's launch worker (``fastreid.engine.launch._distributed_worker``, which the
+    plugin's runtime patch replaces with this one): NCCL and one GPU per worker for a CUDA
+    MODEL.DEVICE, gloo otherwise; the worker dies with its launcher and shuts its process group
+    down cleanly."""
+    die_with_launcher()  # a killed launcher leaves no worker behind
+    run_worker(main_func, args, rank=machine_rank * num_gpus_per_machine + local_rank,
+               world_size=world_size, local_rank=local_rank, machine=machine_rank,
+               init_method=dist_url)
+
+
+def run_worker(main_func, args, *, rank, world_size, local_rank, machine, init_method):
+    """Run ``main_func(*args)`` as ``rank`` of ``world_size`` processes: the process group
+    (NCCL and GPU ``local_rank`` for a CUDA MODEL.DEVICE, gloo otherwise), fast-reid's
+    per-machine group (the ranks that report the same ``machine``), then a clean shutdown."""
     import torch
     import torch.distributed as dist
     from fastreid.utils import comm
 
-    die_with_launcher()  # a killed launcher leaves no worker behind (distributed.py)
     device = launch_device(args)  # NCCL and one GPU per worker only for a CUDA MODEL.DEVICE
     use_cuda = devices.cuda_available() and (device is None or device.startswith("cuda"))
-    global_rank = machine_rank * num_gpus_per_machine + local_rank
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method=dist_url,
-                            world_size=world_size, rank=global_rank)
     if use_cuda:
-        if num_gpus_per_machine > torch.cuda.device_count():
-            raise RuntimeError(f"--num-gpus {num_gpus_per_machine} but only "
-                               f"{torch.cuda.device_count()} GPUs are visible.")
+        visible = torch.cuda.device_count()
+        if local_rank >= visible:
+            raise UserError(f"process {local_rank} of its machine needs GPU {local_rank} but "
+                            f"{visible} GPUs are visible to it", "--num-gpus / LOCAL_RANK",
+                            "start at most one process per visible GPU on each machine (and "
+                            "let every process of a machine see all its GPUs)")
         torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method=init_method,
+                            world_size=world_size, rank=rank)
     comm.synchronize()
-    num_machines = world_size // num_gpus_per_machine
-    for i in range(num_machines):
-        ranks = list(range(i * num_gpus_per_machine, (i + 1) * num_gpus_per_machine))
-        pg = dist.new_group(ranks)
-        if i == machine_rank:
-            comm._LOCAL_PROCESS_GROUP = pg
+    comm._LOCAL_PROCESS_GROUP = _machine_group(machine)
     main_func(*args)
     # Clean shutdown: wait until every rank is done, then join the backend's threads.  A worker
     # exiting with its process group alive can abort in a C++ destructor ("terminate called
     # without an active exception", SIGABRT) while another rank still talks to it.
     comm.synchronize()
     dist.destroy_process_group()
+
+
+def _machine_group(machine):
+    """fast-reid's local process group: the ranks on this process's machine.  Every rank
+    creates every machine's group, in the same order (``new_group`` is collective)."""
+    import torch.distributed as dist
+
+    ids = [None] * dist.get_world_size()
+    dist.all_gather_object(ids, str(machine))
+    mine = None
+    for m in dict.fromkeys(ids):  # machines in the order of their first rank
+        group = dist.new_group([r for r, x in enumerate(ids) if x == m])
+        if m == str(machine):
+            mine = group
+    return mine
+
+
+# ----------------------------------------------------------------------------- launchers
+def first_host(nodelist):
+    """The first host of a SLURM node list, as ``scontrol show hostnames`` would list it:
+    "gpu[03-05,09],cpu1" -> "gpu03", "a[1-2]b[7]" -> "a1b7", "node7" -> "node7"."""
+    entry, depth = "", 0
+    for ch in str(nodelist).strip():
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            break  # the first comma outside brackets ends the first entry
+        entry += ch
+    # each bracketed range list -> its first number, zero-padding kept
+    return re.sub(r"\[([^\],-]*)[^\]]*\]", r"\1", entry)
+
+
+def launcher_env(environ=None):
+    """The process as started by an outside launcher, or None (fast-reid's own spawning).
+
+    torchrun (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` / ``MASTER_PORT``, the
+    node's ``GROUP_RANK``): rendezvous ``env://``.  SLURM's ``srun`` (one task per process:
+    ``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS`` or ``SLURM_NTASKS``, ``SLURM_LOCALID``,
+    ``SLURM_NODEID``, in a job step, ``SLURM_STEP_ID``: the batch script itself is not one):
+    rendezvous on the first host of the step's node list (or ``MASTER_ADDR``) at
+    ``MASTER_PORT``, else 20000 + the job id mod 20000 (jobs sharing a node differ).  Returns
+    {"launcher", "rank", "world_size", "local_rank", "machine", "init_method"}."""
+    env = os.environ if environ is None else environ
+    if all(k in env for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
+        return {"launcher": "torchrun", "rank": int(env["RANK"]),
+                "world_size": int(env["WORLD_SIZE"]), "local_rank": int(env["LOCAL_RANK"]),
+                "machine": env.get("GROUP_RANK") or socket.gethostname(),
+                "init_method": "env://"}
+    step = env.get("SLURM_STEP_ID", env.get("SLURM_STEPID"))
+    ntasks = env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS"))
+    if step is None or "SLURM_PROCID" not in env or ntasks is None:
+        return None
+    nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") \
+        or env.get("SLURM_NODELIST") or "127.0.0.1"
+    host = env.get("MASTER_ADDR") or first_host(nodes)
+    port = env.get("MASTER_PORT") or 20000 + int(env.get("SLURM_JOB_ID", "0") or 0) % 20000
+    return {"launcher": "srun", "rank": int(env["SLURM_PROCID"]), "world_size": int(ntasks),
+            "local_rank": int(env.get("SLURM_LOCALID", "0")),
+            "machine": env.get("SLURM_NODEID") or socket.gethostname(),
+            "init_method": f"tcp://{host}:{port}"}
+
+
+def run_launched(main_func, spec, num_gpus_per_machine=1, num_machines=1, args=()):
+    """``main_func(*args)`` in a process an outside launcher started (``launcher_env``)."""
+    if num_gpus_per_machine > 1 or num_machines > 1:
+        flag = "--num-gpus" if num_gpus_per_machine > 1 else "--num-machines"
+        raise UserError(f"{spec['launcher']} started this process as rank {spec['rank']} of "
+                        f"{spec['world_size']}; {flag} would start more inside it", flag,
+                        f"leave {flag} at 1: {spec['launcher']} sets the processes per machine "
+                        f"and the machines")
+    if spec["world_size"] == 1:
+        return main_func(*args)
+    logger.info("Started by %s: rank %d of %d (machine %s, local rank %d), rendezvous %s",
+                spec["launcher"], spec["rank"], spec["world_size"], spec["machine"],
+                spec["local_rank"], spec["init_method"])
+    die_with_launcher()  # no worker outlives the launcher that started it
+    return run_worker(main_func, args, rank=spec["rank"], world_size=spec["world_size"],
+                      local_rank=spec["local_rank"], machine=spec["machine"],
+                      init_method=spec["init_method"])

@@ -73,6 +73,15 @@ class ConfigKeyError(KeyError, ValueError):
         return str(self.args[0]) if self.args else ""
 
 
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by a signal (SIGINT, SIGTERM) after saving what it had: the message says what
+    was saved and how to continue; the exit code is the convention's 128 + signal number."""
+
+    def __init__(self, signum, message):
+        super().__init__(message)
+        self.signum = int(signum)
+
+
 class CorruptImageError(OSError):
     """An image file that PIL cannot read (corrupt, truncated, not an image)."""
 
@@ -197,6 +206,8 @@ def format_error(exc):
                 f"{'signal ' + str(exc.signal_name) if exc.signal_name else exc.exit_code} "
                 f"(pid {exc.pid}): see its log (OUTPUT_DIR/log.txt.rank<r>); a signal usually "
                 f"means out of memory (OOM killer) or a kill from outside"), EXIT_INTERNAL
+    if isinstance(exc, Interrupted):
+        return f"error: {exc}", 128 + exc.signum
     if isinstance(exc, KeyboardInterrupt):
         return "error: interrupted (Ctrl-C): resume with --resume", 130
     disk = _enospc(exc) if not isinstance(exc, UserError) else None

@@ -243,11 +243,6 @@ def _check_values(t, i, value_range):
             f"image {i} has negative pixel values (min {lo:.3g}): it looks normalised already",
             f"image {i}", "give raw 0..255 pixels; the model normalises them itself "
             "(MODEL.PIXEL_MEAN / PIXEL_STD)")
-    if hi > value_range * (1 + 1e-3):
-        raise ImageInputError(f"image {i} has pixel values up to {hi:.4g}, beyond "
-                              f"0..{value_range}", f"image {i}",
-                              "give 0..255 pixels" + (" or drop value_range=1"
-                                                      if value_range == 1 else ""))
     if value_range == 255 and 0 < hi <= 1:
         raise ImageInputError(
             f"image {i} is a float tensor with every value in 0..1 (max {hi:.3g}); the model "

@@ -7,9 +7,11 @@ and ``load_model`` starts from a yaml file.
 """
 import logging
 
+from .card import check_card, sizes_without_data
 from .checkpoint import load_file, load_state_dict, sizes_from_state_dict, unwrap_state_dict
 from .config import setup_cfg
 from .data.build import fill_num_cameras
+from .data.veri import fill_num_views
 from .devices import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -30,7 +32,9 @@ def cfg_for_checkpoint(cfg, state_dict=None):
     the checkpoint's ``state_dict``: MODEL.HEADS.NUM_CLASSES and MODEL.BACKBONE.NUM_CAMERAS (0 =
     "from the data") from its classifier and SIE-table shapes, so the model is built with the
     trained shapes.  Without a checkpoint, or where it shows no size, the classes default to 1
-    (an untrained model for reports / export) and the camera table to the training data's.
+    (an untrained model for reports / export) and the camera table to the training data's;
+    where the data is not on this machine, a public dataset's published sizes are used
+    (``card.sizes_without_data``: MSMT17 1041 identities / 15 cameras, ...).
     ``MODEL.BACKBONE.PRETRAIN`` is turned off: the ImageNet file is never read, the trained
     weights replace it."""
     cfg = cfg.clone()
@@ -41,9 +45,23 @@ def cfg_for_checkpoint(cfg, state_dict=None):
     bb = cfg.MODEL.BACKBONE
     if bb.NUM_CAMERAS <= 0 and "NUM_CAMERAS" in sizes and not bb.SIE_VIEW:
         bb.NUM_CAMERAS = sizes["NUM_CAMERAS"]
+    if bb.SIE_VIEW and bb.NUM_VIEWS <= 0 and "NUM_CAMERAS" in sizes and bb.NUM_CAMERAS > 0:
+        bb.NUM_VIEWS = sizes["NUM_CAMERAS"] // (bb.NUM_CAMERAS if bb.SIE_CAMERA else 1)  # C x V
     bb.PRETRAIN = False
     if bb.SIE_CAMERA and bb.NUM_CAMERAS <= 0:
-        cfg = fill_num_cameras(cfg)  # from the training data
+        try:
+            cfg = fill_num_cameras(cfg)  # from the training data
+        except FileNotFoundError:  # no data here: a public dataset's published sizes
+            known = sizes_without_data(cfg)
+            if not known:
+                raise
+            bb.NUM_CAMERAS = known["NUM_CAMERAS"]
+            if state_dict is None:
+                cfg.MODEL.HEADS.NUM_CLASSES = known["NUM_CLASSES"]
+            logger.info("No training data here: sizes of %s as published: %s.",
+                        ", ".join(cfg.DATASETS.NAMES), known)
+    if cfg.MODEL.BACKBONE.SIE_VIEW and cfg.MODEL.BACKBONE.NUM_VIEWS <= 0:
+        cfg = fill_num_views(cfg)  # from the training data
     return cfg
 
 
@@ -70,6 +88,8 @@ def build_trained_model(cfg, key="MODEL.WEIGHTS"):
     if sd is not None:
         load_eval_weights(cfg, model, sd, key)
         logger.info("Loaded %s", path)
+        for warning in check_card(cfg, path):  # the checkpoint's model card vs this config
+            logger.warning(warning)
     model.to(cfg.MODEL.DEVICE).eval()
     return cfg, model
 

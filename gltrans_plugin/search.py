@@ -14,13 +14,14 @@ import pathlib
 import urllib.parse
 from typing import List, Optional, Sequence
 
+from .data.datasets import MARKET_NAME
 from .evaluation.index import RetrievalIndex
 from .extractor import FeatureExtractor, per_image_ids
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["THUMBNAIL_MODES", "build_index", "image_sources", "query_index", "write_html",
-           "write_json"]
+__all__ = ["THUMBNAIL_MODES", "build_index", "identities_from_names", "image_sources",
+           "query_index", "write_html", "write_json"]
 
 THUMBNAIL_MODES = ("relative", "absolute", "copy")
 THUMB_HEIGHT = 128  # pixels of a thumbnail on the page (and of a copied thumbnail file)
@@ -35,21 +36,40 @@ def build_index(extractor: FeatureExtractor, paths: Sequence[str],
     paths = [os.path.abspath(p) for p in paths]
     feats = extractor(paths, camids=camids, progress=progress)
     cams = _camid_list(camids, len(paths))
-    meta = {"flip_test": extractor.flip_test, "normalize": extractor.normalize,
+    pids = identities_from_names(paths)
+    meta = {"identities": "market names" if pids is not None else "",
+            "flip_test": extractor.flip_test, "normalize": extractor.normalize,
             "feature_dim": int(feats.shape[1]),
             "input_size": list(extractor.cfg.INPUT.SIZE_TEST),
             "meta_architecture": extractor.cfg.MODEL.META_ARCHITECTURE}
     meta.update(info or {})
     index = RetrievalIndex(int(feats.shape[1]), extractor.cfg.TEST.METRIC, info=meta)
-    return index.add(feats, paths, camids=cams)
+    return index.add(feats, paths, pids=pids, camids=cams)
+
+
+def identities_from_names(paths: Sequence[str]) -> Optional[List[int]]:
+    """Identity per image from Market-1501 / DukeMTMC names (``<pid>_c<cam>...``: 0 a
+    distractor, -1 junk), or None when some name is not of that form."""
+    out = []
+    for p in paths:
+        m = MARKET_NAME.match(os.path.basename(p))
+        if m is None:
+            return None
+        out.append(int(m.group(1)))
+    return out
 
 
 def query_index(extractor: FeatureExtractor, index: RetrievalIndex, paths: Sequence[str],
-                camids=None, topk: int = 10, progress: bool = False) -> List[dict]:
+                camids=None, topk: int = 10, progress: bool = False,
+                exclude_same_camera: bool = False) -> List[dict]:
     """Top-``topk`` of ``index`` for each query image: ``[{"query": absolute path, "camid",
-    "results": [{"rank" (1-based), "path", "distance", "camid", "pid", "index"}]}]``,
-    smallest distance first.  The extractor must make features as the index's were made
-    (same model, flip test and normalisation; a different dimension fails here)."""
+    "pid", "results": [{"rank" (1-based), "path", "distance", "camid", "pid", "index"
+    [, "match"]}]}]``, smallest distance first.  The extractor must make features as the
+    index's were made (same model, flip test and normalisation; a different dimension fails
+    here).  ``exclude_same_camera``: drop the results taken by the query's own camera (when
+    both camera ids are known), as Re-ID evaluation does.  When the index's and the query's
+    identities come from Market-style names, each result says whether it is the query's
+    identity (``match``; a distractor or junk image never is)."""
     for key in ("flip_test", "normalize"):
         if key in index.info and bool(index.info[key]) != bool(getattr(extractor, key)):
             raise ValueError(f"the index was built with {key}={index.info[key]}, the query "
@@ -62,10 +82,21 @@ def query_index(extractor: FeatureExtractor, index: RetrievalIndex, paths: Seque
                          f"{index.dim}-d ones: query with the model the index was built with "
                          f"(its info: {json.dumps(index.info)}).")
     cams = _camid_list(camids, len(paths))
+    qpids = identities_from_names(paths) if index.info.get("identities") else None
+    # enough neighbours that topk remain after dropping the query camera's images
+    same = [int((index.camids == c).sum()) if exclude_same_camera and c >= 0 else 0
+            for c in cams]
     out = []
-    for path, cam, hits in zip(paths, cams, index.search(feats, topk)):
-        out.append({"query": path, "camid": cam,
-                    "results": [{"rank": r + 1, **h} for r, h in enumerate(hits)]})
+    for i, (path, cam, hits) in enumerate(zip(paths, cams,
+                                              index.search(feats, topk + max(same)))):
+        hits = [h for h in hits if not same[i] or h["camid"] != cam][:topk]
+        qpid = None if qpids is None else qpids[i]
+        rows = []
+        for r, h in enumerate(hits):
+            rows.append({"rank": r + 1, **h})
+            if qpid is not None:
+                rows[-1]["match"] = qpid > 0 and h["pid"] == qpid
+        out.append({"query": path, "camid": cam, "pid": qpid, "results": rows})
     return out
 
 
@@ -117,6 +148,8 @@ figure { margin: 0; padding: 4px; background: #fff; border: 3px solid #ccc;
          text-align: center; width: 96px; }
 figure.query { border-color: #2859dc; margin-right: 14px; }
 figure.samecam { border-color: #e0a020; }
+figure.right { border-color: #20a040; }
+figure.wrong { border-color: #d02020; }
 figure img { height: %dpx; max-width: 88px; object-fit: contain; display: block;
              margin: 0 auto; background: #eee; }
 figcaption { font-size: 11px; line-height: 1.35; margin-top: 3px; word-break: break-all; }
@@ -176,10 +209,15 @@ def write_html(results: List[dict], html_path: str, thumbnails: str = "relative"
         for h in q["results"]:
             same = qcam is not None and qcam >= 0 and h.get("camid", -1) == qcam
             cap = (f"<b>#{h['rank']}</b> d={h['distance']:.4f}<br>{_cam_text(h.get('camid'))}")
-            cells.append(figure(h["path"], cap, "samecam" if same else ""))
+            if "match" in h:  # identities known: right / wrong, same camera in the caption
+                cap += " (same camera)" if same else ""
+                cells.append(figure(h["path"], cap, "right" if h["match"] else "wrong"))
+            else:
+                cells.append(figure(h["path"], cap, "samecam" if same else ""))
         rows.append('<div class="row">' + "".join(cells) + "</div>")
-    legend = ("Blue frame: query; orange frame: a result from the query's camera. Distances: "
-              "smallest first; camera ids are 0-based (? = not known).")
+    legend = ("Blue frame: query; orange frame: a result from the query's camera; where the "
+              "identities are known from the file names, green: the query's identity, red: "
+              "another. Distances: smallest first; camera ids are 0-based (? = not known).")
     page = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n"
             f"<h1>{html.escape(title)}</h1>\n<p class=\"about\">{html.escape(about)}"

@@ -81,6 +81,11 @@ class EpochCosineLR(CosineLRScheduler):
         super().step(self.epoch, metric)
 
     def load_state_dict(self, state_dict):
+        if "epoch" not in state_dict or "t_initial" not in state_dict:
+            raise SolverConfigError(
+                "the checkpoint's learning-rate schedule is not the released style's",
+                "SOLVER.SCHED_STYLE released",
+                "resume with the SOLVER.SCHED_STYLE the run was started with")
         super().load_state_dict(state_dict)
         super().step(self.epoch)
 

@@ -1,13 +1,11 @@
 """GLTrans ViT backbone: grid sizes, outputs, gradients, SIE, config errors."""
 import pytest
 import torch
-from fastreid.config import get_cfg
 from fastreid.modeling.backbones import build_backbone
 
 import gltrans_plugin  # noqa: F401  (compat first)
-from gltrans_plugin.config import add_gltrans_config
 from gltrans_plugin.modeling.backbone import GLTransViT, GLTransViTFeatureMap, patch_grid
-from conftest import set_keys
+from helpers import gltrans_cfg
 
 
 def tiny(**kw):
@@ -16,16 +14,6 @@ def tiny(**kw):
     args.update(kw)
     args.setdefault("agg_layers", tuple(range(-min(args["depth"], 3), 0)))
     return GLTransViT(**args)
-
-
-def gltrans_cfg(**opts):
-    cfg = add_gltrans_config(get_cfg())
-    cfg.MODEL.BACKBONE.NAME = "build_gltrans_backbone"
-    cfg.MODEL.BACKBONE.DEPTH = "tiny"
-    cfg.MODEL.BACKBONE.STRIDE_SIZE = (12, 12)
-    cfg.MODEL.BACKBONE.NUM_CAMERAS = 4
-    cfg.INPUT.SIZE_TRAIN = [64, 32]
-    return set_keys(cfg, opts)
 
 
 @pytest.mark.parametrize("size,stride,grid", [((256, 128), 12, (21, 10)),
@@ -186,8 +174,10 @@ def test_unknown_depth_name_raises():
 
 
 def test_build_from_config():
-    cfg = gltrans_cfg(**{"MODEL.BACKBONE.SIE_COE": 2.0, "MODEL.GLTRANS.AGG_LAYERS": (-2, -1),
-                         "MODEL.GLTRANS.STRICT_CAMIDS": False})
+    cfg = gltrans_cfg(size=(64, 32), **{
+        "MODEL.BACKBONE.SIE_COE": 2.0, "MODEL.GLTRANS.AGG_LAYERS": (-2, -1),
+        "MODEL.GLTRANS.STRICT_CAMIDS": False, "MODEL.BACKBONE.NUM_CAMERAS": 4,
+        "MODEL.BACKBONE.DROP_PATH_RATIO": 0.1})
     m = build_backbone(cfg)
     assert isinstance(m, GLTransViT)
     assert (m.embed_dim, len(m.blocks), m.blocks[0].attn.num_heads) == (192, 12, 3)
@@ -199,7 +189,7 @@ def test_build_from_config():
 
 
 def test_vit_baseline_builder_for_fastreid_embedding_head():
-    cfg = gltrans_cfg(**{"MODEL.BACKBONE.NAME": "build_gltrans_vit_backbone"})
+    cfg = gltrans_cfg(size=(64, 32), **{"MODEL.BACKBONE.NAME": "build_gltrans_vit_backbone"})
     with pytest.raises(ValueError, match="SIE_CAMERA False"):
         build_backbone(cfg)
     cfg.MODEL.BACKBONE.SIE_CAMERA = False

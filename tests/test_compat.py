@@ -13,7 +13,7 @@ from PIL import Image
 import gltrans_plugin
 from gltrans_plugin import compat
 
-from conftest import resnet_cfg
+from helpers import resnet_cfg
 
 PY = sys.executable
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -22,7 +22,7 @@ from fastreid.config import get_cfg
 from fastreid.modeling.meta_arch import build_model
 from gltrans_plugin.config import add_gltrans_config
 
-from conftest import set_keys
+from helpers import gltrans_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUDA = torch.cuda.is_available()
@@ -31,22 +31,6 @@ U32 = 2.0 ** -24  # unit roundoff of float32
 
 
 # ----------------------------------------------------------------------------- helpers
-def gltrans_cfg(device, size=(128, 64), **opts):
-    """The shipped GLTrans recipe with a ViT-tiny backbone (random init) on ``device``."""
-    cfg = add_gltrans_config(get_cfg())
-    cfg.merge_from_file(os.path.join(ROOT, "configs", "GLTrans", "Base-GLTrans.yml"))
-    cfg.MODEL.BACKBONE.DEPTH = "tiny"
-    cfg.MODEL.BACKBONE.FEAT_DIM = 192
-    cfg.MODEL.BACKBONE.PRETRAIN = False
-    cfg.MODEL.BACKBONE.NUM_CAMERAS = 3
-    cfg.MODEL.BACKBONE.DROP_PATH_RATIO = 0.0
-    cfg.MODEL.HEADS.NUM_CLASSES = 8
-    cfg.MODEL.DEVICE = device
-    cfg.INPUT.SIZE_TRAIN = list(size)
-    cfg.INPUT.SIZE_TEST = list(size)
-    return set_keys(cfg, opts)
-
-
 def make_batch(device, b=16, size=(128, 64), seed=0):
     g = torch.Generator().manual_seed(seed)
     out = {"images": torch.rand(b, 3, *size, generator=g) * 255,

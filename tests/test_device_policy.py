@@ -11,7 +11,7 @@ import torch
 
 from gltrans_plugin import devices
 
-from conftest import resnet_cfg
+from helpers import resnet_cfg
 from test_cuda import check_amp_steps, check_flip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

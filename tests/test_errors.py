@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import resnet_cfg, write_tiny_market
+from helpers import resnet_cfg, write_tiny_market
 
 import gltrans_plugin  # noqa: F401
 from gltrans_plugin import checkpoint, errors
@@ -184,7 +184,7 @@ def test_pickled_checkpoint_refusal_keeps_its_types(tmp_path):
 
 
 def _vit_cfg(tmp_path):
-    from conftest import gltrans_small_cfg
+    from helpers import gltrans_small_cfg
 
     cfg = gltrans_small_cfg(str(tmp_path), str(tmp_path))
     cfg.defrost()

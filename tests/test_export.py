@@ -130,8 +130,28 @@ def test_camera_policies_are_baked_in(run, tmp_path):
     cams = np.array([2, 0, 1])
     assert _rel(run_onnx(out["input"][1], raw, cams),
                 _torch_features(model, px, torch.from_numpy(cams))) <= 1e-4
+    assert _rel(run_onnx(out["input"][1], raw, cams[::-1].copy()),
+                run_onnx(out["input"][1], raw, cams)) > 1e-3  # the ids reach the graph
     with open(out[1][1] + ".metadata.json") as f:
         assert json.load(f)["camera_policy"] == "camera 1"
+    # tracing skipped the backbone's strict camera-id check; it is back after the export
+    with pytest.raises(ValueError, match="outside the SIE table"):
+        model({"images": px[:1], "camids": torch.tensor([7])})
+
+
+def test_camera_ids_need_an_sie_table(tmp_path):
+    from fastreid.modeling import build_model
+
+    from gltrans_plugin.errors import UserError
+    from gltrans_plugin.export import ExportContract, ExportModule, export_onnx
+
+    model = build_model(_tiny_cfg("MODEL.BACKBONE.SIE_CAMERA", "False")).eval()
+    for camera in ("input", 0):
+        with pytest.raises(UserError, match="needs an SIE table, but the model has none"):
+            ExportModule(model, ExportContract(camera=camera))
+    assert ExportModule(model, ExportContract(camera="mean")).camera == "none"
+    with pytest.raises(ValueError, match="no SIE table"):
+        export_onnx(model, str(tmp_path / "x.onnx"), _pixels(1), torch.tensor([0]))
 
 
 def test_bad_policies_and_a_failed_check_leave_no_file(run, tmp_path, monkeypatch):
@@ -175,10 +195,17 @@ def test_tool_preset_boxmot_writes_onnx_and_torchscript(run, tmp_path):
     extra = {"metadata.json": ""}
     torch.jit.load(ts, _extra_files=extra)
     assert json.loads(extra["metadata.json"])["input_convention"] == "imagenet"
-    # the old switch names still work: --camids keeps the camera-id input
-    info = export_onnx.main(["--config-file", config, "--weights", weights, "--device", "cpu",
-                             "--output", str(tmp_path / "c.onnx"), "--camids", "--no-verify"])
-    assert info["inputs"] == ["images", "camids"] and info["camera_policy"] == "input"
+    # options override the preset; the old switch names still work
+    args = export_onnx.parse_args(["--config-file", config, "--output", "x.onnx", "--preset",
+                                   "boxmot", "--camids", "--format", "onnx"])
+    contract, targets = export_onnx.contract_from_args(args)
+    assert (contract.camera, contract.input, targets) == ("input", "imagenet",
+                                                          [("onnx", "x.onnx")])
+    args = export_onnx.parse_args(["--config-file", config, "--output", "x.torchscript",
+                                   "--no-camids", "--input", "raw-bgr", "--normalize"])
+    contract, targets = export_onnx.contract_from_args(args)
+    assert (contract.camera, contract.input, contract.normalize) == ("mean", "raw-bgr", True)
+    assert targets == [("torchscript", "x.torchscript")]
 
 
 def test_tracker_adapter_equals_the_extractor_on_the_crops(run):
@@ -190,10 +217,10 @@ def test_tracker_adapter_equals_the_extractor_on_the_crops(run):
     config, weights, cfg, model = run
     frame, boxes = Scene(seed=0, height=160, width=200).frame(
         [(1, 40, 10, 120, 1), (2, 120, 30, 90, -1), (3, 190, 20, 100, 1)])
-    reid = TrackerReID(config, weights, camid=1, device="cpu", batch_size=2)
+    ext = FeatureExtractor(config, weights, device="cpu", bgr=True, batch_size=2)
+    reid = TrackerReID.from_extractor(ext, camid=1)
     dets = np.concatenate([boxes, np.ones((3, 2), np.float32)], 1)  # x1 y1 x2 y2 conf cls
     got = reid.get_features(dets, frame)
-    ext = FeatureExtractor(config, weights, device="cpu", bgr=True)
     crops = [frame[int(round(y1)):int(round(y2)), int(round(x1)):int(round(x2))]
              for x1, y1, x2, y2 in boxes]
     ref = ext(crops, camids=1).numpy()

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import gltrans_plugin  # noqa: F401
-from conftest import gltrans_small_cfg, resnet_cfg
+from helpers import gltrans_small_cfg, resnet_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
@@ -243,7 +243,7 @@ def test_image_listing_list_file_and_market_names(tmp_path):
                                                        "a/0001_c1s1_000001_00.png",
                                                        "a/x/y.bmp", "c.jpeg"))
     assert camids_from_names([found[0], found[2]]) == [0, 2]  # c1 -> 0, c3 -> 2
-    with pytest.raises(ValueError, match=r"y.bmp: the name is not <pid>_c<camera>"):
+    with pytest.raises(ValueError, match=r"naming .*y.bmp\): no camera id can be read"):
         camids_from_names(found)
     lst = tmp_path / "list.txt"
     lst.write_text(f"# images\na/x/y.bmp 2\n\n{tmp_path / 'c.jpeg'}\nname with space.jpg\t-1\n")
@@ -434,3 +434,34 @@ def test_tools_run_as_programs_with_help_and_one_line_errors(tmp_path):
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "meta.json not found" in r.stderr
+
+
+def test_search_drops_the_query_camera_and_marks_identities_from_names():
+    from gltrans_plugin.search import build_index, query_index
+
+    class Stub:  # features by name: identity k -> direction k, camera -> small tilt
+        flip_test, normalize = False, True
+
+        class cfg:
+            TEST = type("T", (), {"METRIC": "cosine"})
+            INPUT = type("I", (), {"SIZE_TEST": [64, 32]})
+            MODEL = type("M", (), {"META_ARCHITECTURE": "GLTrans"})
+
+        def __call__(self, paths, camids=None, progress=False):
+            out = torch.zeros(len(paths), 8)
+            for i, p in enumerate(paths):
+                pid, cam = (int(v) for v in os.path.basename(p)[:-4].split("_c"))
+                out[i, pid % 8], out[i, 7] = 1.0, 0.3 * cam
+            return out
+
+    gallery = ["/g/0001_c1.jpg", "/g/0001_c2.jpg", "/g/0002_c1.jpg", "/g/0000_c2.jpg"]
+    index = build_index(Stub(), gallery, camids=[0, 1, 0, 1])
+    assert index.info["identities"] == "market names" and index.pids.tolist() == [1, 1, 2, 0]
+    q = ["/q/0001_c1.jpg"]
+    hits = query_index(Stub(), index, q, camids=[0], topk=3)[0]["results"]
+    assert [h["path"] for h in hits][:2] == gallery[:2] and hits[0]["match"] is True
+    assert [h["match"] for h in hits] == [True, True, False]
+    hits = query_index(Stub(), index, q, camids=[0], topk=3, exclude_same_camera=True)
+    res = hits[0]["results"]
+    assert [h["camid"] for h in res] == [1, 1] and [h["rank"] for h in res] == [1, 2]
+    assert [h["match"] for h in res] == [True, False]  # pid 0 (a distractor) is never right

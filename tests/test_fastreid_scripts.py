@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import DEMO_CONFIG, gltrans_small_cfg, opts_list
+from helpers import DEMO_CONFIG, gltrans_small_cfg, opts_list
 
 PY = sys.executable
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from conftest import gltrans_small_cfg
+from helpers import gltrans_small_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = os.path.join(REPO, "gltrans_plugin")
@@ -14,10 +14,10 @@ PKG = os.path.join(REPO, "gltrans_plugin")
 # Rooms from the bottom up: a room may import only rooms of a lower level (docs/layout.md).
 LEVELS = {
     "errors": 0, "devices": 0, "cli": 0, "compat": 0,
-    "checkpoint": 1, "config": 1, "evaluation": 1, "solver": 1, "card": 1,
+    "checkpoint": 1, "config": 1, "evaluation": 1, "solver": 1,
     "distributed": 2,
     "data": 3, "modeling": 3,
-    "checks": 4,
+    "checks": 4, "card": 4,
     "loading": 5, "engine": 5,
     "distill": 6, "export": 6, "patches": 6,
     "analysis": 7, "extractor": 7,

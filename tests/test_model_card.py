@@ -9,7 +9,7 @@ import subprocess
 import pytest
 from fastreid.modeling import build_model
 
-from conftest import gltrans_small_cfg
+from helpers import gltrans_small_cfg
 
 import gltrans_plugin
 from gltrans_plugin.card import (CARD_FILE, build_card, check_card, compare_cards, config_sha256,
@@ -154,3 +154,21 @@ def test_known_sizes_of_the_public_datasets(run):
     assert sizes_without_data(cfg) == {"NUM_CLASSES": 751 + 702, "NUM_CAMERAS": 14}
     cfg.DATASETS.NAMES = ("Market1501", "SyntheticReID")
     assert sizes_without_data(cfg) == {}
+
+
+def test_a_dataset_config_builds_without_its_data(tmp_path):
+    """tools/model_report.py and the exporters on configs/GLTrans/msmt17.yml, no MSMT17 here."""
+    from gltrans_plugin.config import setup_cfg
+    from gltrans_plugin.loading import cfg_for_checkpoint
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name, classes, cams in (("msmt17", 1041, 15), ("dukemtmc", 702, 8)):
+        cfg = setup_cfg(os.path.join(repo, "configs", "GLTrans", f"{name}.yml"),
+                        ["DATASETS.ROOT", str(tmp_path / "no_data")])
+        filled = cfg_for_checkpoint(cfg, None)
+        assert filled.MODEL.HEADS.NUM_CLASSES == classes
+        assert filled.MODEL.BACKBONE.NUM_CAMERAS == cams and not filled.MODEL.BACKBONE.PRETRAIN
+    cfg.DATASETS.NAMES = ("ReIDFolder",)  # sizes only its files can tell: the data error stays
+    cfg.DATASETS.FOLDER.ROOT = str(tmp_path / "mine")
+    with pytest.raises(ValueError, match="ReIDFolder: folder not found"):
+        cfg_for_checkpoint(cfg, None)

@@ -6,7 +6,7 @@ import os
 import shutil
 
 import pytest
-from conftest import gltrans_small_cfg
+from helpers import gltrans_small_cfg
 
 import gltrans_plugin  # noqa: F401
 from gltrans_plugin.data import (

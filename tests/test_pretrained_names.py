@@ -130,6 +130,9 @@ def test_backbone_config_names_a_tag_and_a_cache_key(offline, tmp_path, monkeypa
     assert torch.equal(model.blocks[0].mlp.fc1.weight, state["blocks.0.mlp.fc1.weight"])
     assert torch.equal(model.cls_norms[0].weight, state["norm.weight"])
     assert constants.HF_HUB_CACHE == str(offline)  # the key did not move the global cache
+    cfg.MODEL.BACKBONE.STEM = "resnet"
+    with pytest.raises(ValueError, match="MODEL.BACKBONE.STEM 'resnet' is not one of"):
+        build_backbone(cfg)
 
 
 def test_offline_without_cache_is_one_line_with_the_fetch_command(offline):
@@ -267,7 +270,7 @@ def _lup_state(seed=0, stem=False):
     state["pos_embed"] = torch.cat([state["pos_embed"][:, :1], grid], 1)
     if stem:
         state.update(_stem_state())
-        state["patch_embed.proj.weight"] = torch.randn(D, 64, 8, 8)
+        state["patch_embed.proj.weight"] = torch.randn(D, 64, 8, 8) * 0.02
     teacher = {"backbone." + k: v for k, v in state.items() if not k.startswith("head.")}
     teacher.update({"head.mlp.0.weight": torch.randn(32, D), "head.last_layer.weight_g":
                     torch.randn(16, 1), "head.last_layer.weight_v": torch.randn(16, 32)})
@@ -276,9 +279,9 @@ def _lup_state(seed=0, stem=False):
 
 
 def _stem_state():
-    out = {"patch_embed.conv.0.weight": torch.randn(64, 3, 7, 7),
-           "patch_embed.conv.3.weight": torch.randn(64, 64, 3, 3),
-           "patch_embed.conv.6.weight": torch.randn(64, 64, 3, 3)}
+    out = {"patch_embed.conv.0.weight": torch.randn(64, 3, 7, 7) * 0.1,
+           "patch_embed.conv.3.weight": torch.randn(64, 64, 3, 3) * 0.05,
+           "patch_embed.conv.6.weight": torch.randn(64, 64, 3, 3) * 0.05}
     for i in (1, 4):
         out[f"patch_embed.conv.{i}.IN.weight"] = torch.rand(32) + 0.5
         out[f"patch_embed.conv.{i}.IN.bias"] = torch.randn(32)
@@ -364,19 +367,18 @@ def test_ics_stem_checkpoint_loads_into_the_ibn_conv_stem(tmp_path):
         torch.testing.assert_close(tokens, _manual_stem(x, state), atol=1e-4, rtol=1e-4)
         out = model(x)
     assert grid == (5, 2) and out.cls[-1].shape == (2, D)
+    save_file(tiny_vit_state(), str(tmp_path / "plain.safetensors"))
     with pytest.raises(ValueError, match="checkpoint has none"):
-        load_pretrained(ours(stem="ibn_conv"), str(tmp_path / "x.safetensors")
-                        if save_file(tiny_vit_state(), str(tmp_path / "x.safetensors")) is None
-                        else "")
+        load_pretrained(ours(stem="ibn_conv"), str(tmp_path / "plain.safetensors"))
 
 
 def test_config_naming_a_tag_trains_offline_from_the_filled_cache(filled, tmp_path):
     """The acceptance check: a config naming a timm tag, HF_HUB_OFFLINE=1, a filled cache."""
-    from conftest import gltrans_small_cfg
+    from helpers import gltrans_small_cfg
 
     from gltrans_plugin.engine import Trainer
 
-    _, _, state = filled
+    _, path, state = filled
     cfg = gltrans_small_cfg(str(tmp_path / "data"), str(tmp_path / "out"), **{
         "MODEL.BACKBONE.PRETRAIN": True, "MODEL.BACKBONE.PRETRAIN_PATH": TAG,
         "MODEL.GLTRANS.AGG_LAYERS": (0, 1), "MODEL.BACKBONE.STRIDE_SIZE": (12, 12),
@@ -390,3 +392,47 @@ def test_config_naming_a_tag_trains_offline_from_the_filled_cache(filled, tmp_pa
     assert torch.equal(backbone.cls_token, state["cls_token"])
     results = trainer.train()
     assert results and all(torch.isfinite(torch.tensor(float(v))) for v in results.values())
+    from gltrans_plugin.card import read_card  # the run's model card names the tag it started from
+
+    card = read_card(str(tmp_path / "out"))
+    assert card["metrics"] == {k: float(v) for k, v in results.items()}
+    assert (card["pretrained"]["tag"], card["pretrained"]["revision"]) == (TAG, REV)
+    assert card["pretrained"]["sha256"] == hashlib.sha256(open(path, "rb").read()).hexdigest()
+    assert card["checkpoint"]["file"] == "model_final.pth"
+
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                       "GLTrans")
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(CONFIGS, "pretrained"))))
+def test_each_starting_point_config_names_its_weights_and_their_normalisation(name):
+    from timm.models import get_pretrained_cfg
+
+    from gltrans_plugin.config import setup_cfg
+
+    cfg = setup_cfg(os.path.join(CONFIGS, "pretrained", name))
+    bb = cfg.MODEL.BACKBONE
+    assert bb.PRETRAIN and cfg.DATASETS.NAMES == ("MSMT17TrainVal",)
+    kind, ident = pretrained.parse_spec(bb.PRETRAIN_PATH)
+    mean = [round(x / 255, 3) for x in cfg.MODEL.PIXEL_MEAN]
+    std = [round(x / 255, 3) for x in cfg.MODEL.PIXEL_STD]
+    assert [round(x / 255, 3) for x in cfg.INPUT.REA.VALUE] == mean  # erased = the mean
+    if kind == "timm":  # the config's normalisation is the one timm records for the weights
+        tcfg = get_pretrained_cfg(ident)
+        assert tcfg.hf_hub_id == "timm/" + ident and tcfg.tag == ident.split(".")[1]
+        assert mean == [round(x, 3) for x in tcfg.mean] and std == [round(x, 3) for x in tcfg.std]
+    else:  # LUPerson ViTs: a file from their authors, the 256x128 grid, 0.5 normalisation
+        assert kind == "file" and tuple(bb.PRETRAIN_GRID) == (16, 8) and mean == [0.5] * 3
+        assert (bb.STEM == "ibn_conv") == ("ics" in name)
+        assert cfg.SOLVER.BASE_LR == 0.0004
+
+
+def test_paper_configs_name_the_paper_weights():
+    from gltrans_plugin.config import setup_cfg
+
+    for name in ("msmt17.yml", "market1501.yml", "dukemtmc.yml", "veri.yml"):
+        cfg = setup_cfg(os.path.join(CONFIGS, name))
+        assert cfg.MODEL.BACKBONE.PRETRAIN_PATH == pretrained.PAPER_TAG
+    assert pretrained._timm_cfg(pretrained.PAPER_TAG).url.endswith(
+        "/jx_vit_base_p16_224-80ecf9dd.pth")  # the file of the authors' configs

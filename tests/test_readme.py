@@ -8,19 +8,25 @@ the line before a block changes that:
 * ``<!-- test: skip (why) -->``: not run (it needs a GPU, a real dataset, the network, or hours);
 * ``<!-- test: slow (why) -->``: run only when slow tests are selected (``pytest.mark.slow``);
 * ``<!-- test: file PATH -->``: the block is a file the text asks the reader to write: it is
-  written to PATH when its turn comes and PATH is restored (or removed) after the module.
+  written to PATH when its turn comes and PATH is restored (or removed) after the module;
+* ``<!-- test: fresh DIR ... -->`` (beside one of the above): the block starts a training in
+  DIR, which the text expects to be new (a second run into it stops, asking for ``--resume``
+  or ``--overwrite``): an earlier DIR is moved to ``DIR.previous`` first.
 
 The blocks of one page run in page order (a block's test first runs the earlier blocks of its
 page that the selected mode includes, once per session); a block that names the demo's output
 folder (``logs/synthetic_demo/gltrans``) runs after the README's demo block, so it must be
 slow.  After each block the tracked files must be as they were (no example writes into the
 repository's own files) and no new file may appear outside the git-ignored folders (``logs/``,
-``datasets/``): examples write only there.
+``datasets/``): examples write only there.  The check compares ``git status`` and the content
+of modified files before and after the block; see ``_blamed`` for what is put down to the block
+when other people edit the tree at the same time.
 """
 import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -40,7 +46,7 @@ README_MAX_LINES = 200
 TIMEOUT_S = {"default": 600, "slow": 1800}
 
 _FENCE = re.compile(r"^```(\S*)\s*$")
-_MARK = re.compile(r"^<!--\s*test:\s*(skip|slow|file)\s*(.*?)\s*-->\s*$")
+_MARK = re.compile(r"^<!--\s*test:\s*(skip|slow|file|fresh)\s*(.*?)\s*-->\s*$")
 
 
 @dataclass
@@ -51,6 +57,7 @@ class Block:
     text: str
     mode: str = "default"   # default | slow | skip | file
     arg: str = ""           # the reason (skip / slow) or the path (file)
+    fresh: tuple = ()       # output folders the block expects not to hold an earlier run
     runs: bool = field(init=False)
 
     def __post_init__(self):
@@ -76,11 +83,19 @@ def parse_blocks(page):
         while j < len(lines) and lines[j].strip() != "```":
             j += 1
         assert j < len(lines), f"{page}:{start + 1}: code block never closed"
-        prev = next((lines[k] for k in range(start - 1, -1, -1) if lines[k].strip()), "")
-        mark = _MARK.match(prev.strip())
-        mode, arg = (mark.group(1), mark.group(2).strip("() ")) if mark else ("default", "")
+        mode, arg, fresh = "default", "", ()
+        for k in range(start - 1, -1, -1):  # the markers on the lines right before the fence
+            if not lines[k].strip():
+                continue
+            mark = _MARK.match(lines[k].strip())
+            if not mark:
+                break
+            if mark.group(1) == "fresh":
+                fresh += tuple(mark.group(2).split())
+            else:
+                mode, arg = mark.group(1), mark.group(2).strip("() ")
         blocks.append(Block(page, start + 1, lang, "\n".join(lines[start + 1:j]) + "\n",
-                            mode, arg))
+                            mode, arg, fresh))
         i = j + 1
     return blocks
 
@@ -94,18 +109,31 @@ def _git(*args):
 
 
 def repo_state():
-    """(status lines of tracked files, {modified tracked file: sha1}, untracked not-ignored
-    files): what an example must not change."""
-    tracked = sorted(_git("status", "--porcelain", "--untracked-files=no").splitlines())
-    digests = {}
-    for line in tracked:
+    """({modified tracked file: (git status, sha1)}, untracked not-ignored files)."""
+    tracked = {}
+    for line in _git("status", "--porcelain", "--untracked-files=no").splitlines():
         path = line[3:].split(" -> ")[-1]
         full = os.path.join(ROOT, path)
+        digest = None
         if os.path.isfile(full):
             with open(full, "rb") as f:
-                digests[path] = hashlib.sha1(f.read()).hexdigest()
+                digest = hashlib.sha1(f.read()).hexdigest()
+        tracked[path] = (line[:2], digest)
     untracked = set(_git("ls-files", "--others", "--exclude-standard").splitlines())
-    return tracked, digests, untracked
+    return tracked, untracked
+
+
+# Files nobody edits by hand: a change of one of these during a block is the block's doing.
+_DATA_EXT = (".png", ".jpg", ".jpeg", ".csv", ".json", ".onnx", ".pth", ".npz", ".npy",
+             ".faiss", ".html")
+
+
+def _blamed(block, paths):
+    """The changed ``paths`` that ``block`` wrote: those it names, data files (images,
+    tables, checkpoints), and anything in the repository's top folder (a tool's default
+    output).  Source, docs and configs edited meanwhile by someone else are not blamed."""
+    return sorted(p for p in paths
+                  if p in block.text or p.lower().endswith(_DATA_EXT) or "/" not in p)
 
 
 _DONE = {}          # block id -> CompletedProcess (each block runs once per session)
@@ -131,6 +159,11 @@ def run_block(block):
         _write_file_block(block)
         _DONE[block.id] = subprocess.CompletedProcess([], 0, "", "")
         return _DONE[block.id]
+    for rel in block.fresh:  # a new run into a folder that holds one stops (--overwrite)
+        path = os.path.join(ROOT, rel)
+        if os.path.isdir(path):
+            shutil.rmtree(path + ".previous", ignore_errors=True)
+            os.rename(path, path + ".previous")
     before = repo_state()
     if RUN_LANGS[block.lang] == "bash":
         cmd = ["bash", "-e", "-o", "pipefail", "-c", block.text]
@@ -143,9 +176,11 @@ def run_block(block):
     after = repo_state()
     out = (proc.stdout + proc.stderr)[-4000:]
     problem = f"failed (exit {proc.returncode}):\n{out}" if proc.returncode else ""
-    if not problem and after[:2] != before[:2]:
-        problem = f"changed tracked files:\nbefore {before[0]}\nafter  {after[0]}"
-    new = sorted(after[2] - before[2] - set(_WRITTEN))
+    changed = _blamed(block, {p for p in set(before[0]) | set(after[0])
+                              if before[0].get(p) != after[0].get(p)})
+    if not problem and changed:
+        problem = f"changed tracked files: {changed}"
+    new = _blamed(block, after[1] - before[1] - set(_WRITTEN))
     if not problem and new:
         problem = f"wrote files outside the git-ignored folders: {new}"
     _DONE[block.id] = proc if not problem else subprocess.CompletedProcess(
@@ -236,15 +271,30 @@ def test_markers_are_known_and_every_runnable_block_is_covered():
             if "<!-- test" not in line:
                 continue
             assert _MARK.match(line.strip()), f"{page}:{n + 1}: unknown test marker {line!r}"
-            nxt = next((x for x in lines[n + 1:] if x.strip()), "")
+            nxt = next((x for x in lines[n + 1:] if x.strip() and not _MARK.match(x.strip())), "")
             assert _FENCE.match(nxt), f"{page}:{n + 1}: the marker is not before a code block"
     for b in BLOCKS:
         if b.mode == "file":
             assert b.arg and not os.path.isabs(b.arg), f"{b.id}: file marker needs a relative path"
+        for rel in b.fresh:
+            assert rel.startswith("logs/") and ".." not in rel, f"{b.id}: fresh {rel}: not in logs/"
         if b.mode in ("skip", "slow"):
             assert b.arg, f"{b.id}: say why the block is {b.mode}"
         if b.runs and DEMO_OUTPUT in b.text:
             assert b.mode == "slow", f"{b.id} uses the demo's model (minutes): mark it slow"
+
+
+def test_a_block_that_writes_into_the_repository_fails():
+    """The check itself: a block leaving a file in the repository's top folder is caught."""
+    probe = "readme_test_probe.txt"
+    block = Block("probe.md", 1, "bash", f"echo x > {probe}\n")
+    try:
+        with pytest.raises(AssertionError, match="outside the git-ignored folders.*" + probe):
+            run_block(block)
+    finally:
+        _DONE.pop(block.id, None)
+        if os.path.exists(os.path.join(ROOT, probe)):
+            os.remove(os.path.join(ROOT, probe))
 
 
 def test_readme_is_a_door():
@@ -252,6 +302,44 @@ def test_readme_is_a_door():
         n = len(f.read().splitlines())
     assert n <= README_MAX_LINES, f"README.md has {n} lines (at most {README_MAX_LINES})"
     assert demo_block().mode == "slow"
+
+
+def test_compatibility_page_lists_every_fix():
+    """docs/compatibility.md's table names exactly the fixes ``import gltrans_plugin`` applies."""
+    from gltrans_plugin import compat
+
+    text = open(os.path.join(ROOT, "docs", "compatibility.md"), encoding="utf-8").read()
+    listed = set(re.findall(r"^\| `(\w+)` \|", text, re.M))
+    assert listed == set(compat.APPLIED), (
+        f"on the page, not applied: {sorted(listed - set(compat.APPLIED))}; "
+        f"applied, not on the page: {sorted(set(compat.APPLIED) - listed)}")
+
+
+def test_switches_on_the_model_page_are_config_keys():
+    """Every ``MODEL.`` / ``SOLVER.`` key docs/model.md names exists in the plugin's config
+    (``{A,B}.C`` and ``X.Y``, ``Z`` shorthands expanded)."""
+    from fastreid.config import get_cfg
+
+    from gltrans_plugin.config import add_gltrans_config
+
+    cfg = get_cfg()
+    add_gltrans_config(cfg)
+    text = open(os.path.join(ROOT, "docs", "model.md"), encoding="utf-8").read()
+    missing = []
+    for cell in re.findall(r"`((?:MODEL|SOLVER)\.[A-Z0-9_.{},]+)`((?:, `[A-Z0-9_]+`)*)", text):
+        key, more = cell
+        m = re.match(r"(.*)\{(.*)\}(.*)", key)
+        keys = [m.group(1) + k + m.group(3) for k in m.group(2).split(",")] if m else [key]
+        parent = keys[0].rsplit(".", 1)[0]
+        keys += [f"{parent}.{k}" for k in re.findall(r"`([A-Z0-9_]+)`", more)]
+        for k in keys:
+            node = cfg
+            for part in k.rstrip(".*").split("."):
+                if part not in node:
+                    missing.append(k)
+                    break
+                node = node[part]
+    assert not missing, f"docs/model.md names keys the config lacks: {missing}"
 
 
 def _slug(heading):

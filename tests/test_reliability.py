@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import resnet_cfg
+from helpers import gltrans_small_cfg, resnet_cfg
 
 import gltrans_plugin  # noqa: F401
 from gltrans_plugin import checkpoint, checks, errors
@@ -29,17 +29,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO, "projects", "train_net.py")
 
 
-def gltrans_cfg(root, output_dir, **overrides):
-    """The demo GLTrans config (tiny ViT) on a Market-1501 layout, 64x32 images."""
-    opts = {"DATASETS.NAMES": ("Market1501",), "DATASETS.TESTS": ("Market1501",),
-            "DATASETS.ROOT": root, "OUTPUT_DIR": output_dir, "INPUT.SIZE_TRAIN": [64, 32],
-            "INPUT.SIZE_TEST": [64, 32], "SOLVER.IMS_PER_BATCH": 8, "DATALOADER.NUM_INSTANCE": 2,
-            "DATALOADER.NUM_WORKERS": 0, "MODEL.DEVICE": "cpu"}
-    opts.update(overrides)
-    flat = []
-    for k, v in opts.items():
-        flat += [k, v if isinstance(v, str) else repr(v)]
-    return setup_cfg(os.path.join(REPO, "configs", "GLTrans", "synthetic_demo.yml"), flat)
+# the demo GLTrans config (tiny ViT, gltrans_small_cfg) on a Market-1501 layout
+MARKET = {"DATASETS.NAMES": ("Market1501",), "DATASETS.TESTS": ("Market1501",),
+          "SOLVER.IMS_PER_BATCH": 8, "DATALOADER.NUM_INSTANCE": 2, "MODEL.DEVICE": "cpu"}
 
 
 @pytest.fixture
@@ -155,9 +147,8 @@ def test_transform_errors_are_not_reported_as_corrupt_images(tiny_market, tmp_pa
 
 
 def test_missing_pretrained_file_fails_before_data_loading(tmp_path):
-    cfg = gltrans_cfg(str(tmp_path / "no_data"), str(tmp_path / "out"),
-                      **{"MODEL.BACKBONE.PRETRAIN": True,
-                         "MODEL.BACKBONE.PRETRAIN_PATH": str(tmp_path / "vit.pth")})
+    cfg = gltrans_small_cfg(str(tmp_path / "no_data"), str(tmp_path / "out"), **MARKET, **{
+        "MODEL.BACKBONE.PRETRAIN": True, "MODEL.BACKBONE.PRETRAIN_PATH": str(tmp_path / "vit.pth")})
     # the dataset root is missing too: the weight file is reported first
     with pytest.raises(FileNotFoundError, match="MODEL.BACKBONE.PRETRAIN_PATH"):
         Trainer(cfg)
@@ -173,9 +164,8 @@ def test_wrong_pretrained_file_fails_before_training(tiny_market, tmp_path, cont
         path.write_text("not weights")
     else:
         torch.save({"conv1.weight": torch.zeros(4, 3, 3, 3)}, path)
-    cfg = gltrans_cfg(tiny_market, str(tmp_path / "out"),
-                      **{"MODEL.BACKBONE.PRETRAIN": True,
-                         "MODEL.BACKBONE.PRETRAIN_PATH": str(path)})
+    cfg = gltrans_small_cfg(tiny_market, str(tmp_path / "out"), **MARKET, **{
+        "MODEL.BACKBONE.PRETRAIN": True, "MODEL.BACKBONE.PRETRAIN_PATH": str(path)})
     with pytest.raises(ValueError, match=match):
         Trainer(cfg)
 
@@ -217,7 +207,7 @@ def test_missing_config_file():
      r"not a multiple of DATALOADER.NUM_INSTANCE 4: fast-reid's identity sampler would never"),
 ])
 def test_impossible_settings_fail_before_data_loading(tmp_path, opts, match):
-    cfg = gltrans_cfg(str(tmp_path / "no_data"), str(tmp_path / "out"), **opts)
+    cfg = gltrans_small_cfg(str(tmp_path / "no_data"), str(tmp_path / "out"), **{**MARKET, **opts})
     with pytest.raises(ValueError, match=match):  # not the FileNotFoundError of the missing root
         Trainer(cfg)
 
@@ -238,7 +228,8 @@ def test_too_few_identities_for_a_batch(tiny_market, tmp_path):
 def test_camera_ids_beyond_sie_table_fail_before_model_build(tiny_market, tmp_path, monkeypatch):
     built = []
     monkeypatch.setattr(Trainer, "build_model", classmethod(lambda cls, cfg: built.append(1)))
-    cfg = gltrans_cfg(tiny_market, str(tmp_path / "out"), **{"MODEL.BACKBONE.NUM_CAMERAS": 2})
+    cfg = gltrans_small_cfg(tiny_market, str(tmp_path / "out"),
+                            **MARKET, **{"MODEL.BACKBONE.NUM_CAMERAS": 2})
     with pytest.raises(ValueError, match=r"Camera id\(s\) \[2\] of the training set Market1501 "
                                          r"are outside the SIE table of "
                                          r"MODEL.BACKBONE.NUM_CAMERAS=2"):
@@ -455,8 +446,8 @@ def test_pickled_pretrained_file_needs_the_env_opt_in(tmp_path, monkeypatch, cap
 
     from gltrans_plugin.modeling.backbone import GLTransViT
 
-    cfg = gltrans_cfg(str(tmp_path), str(tmp_path), **{"MODEL.BACKBONE.NUM_CAMERAS": 3,
-                                                       "MODEL.HEADS.NUM_CLASSES": 4})
+    cfg = gltrans_small_cfg(str(tmp_path), str(tmp_path), **MARKET, **{
+        "MODEL.BACKBONE.NUM_CAMERAS": 3, "MODEL.HEADS.NUM_CLASSES": 4})
     vit = GLTransViT(cfg)
     path = tmp_path / "legacy.pth"
     torch.save({"model": vit.state_dict(), "args": _Payload()}, path)

@@ -6,6 +6,7 @@ same values, every row building at its size), and the md / csv / png summary.
 No training except one 1-epoch run of the tiny preset on a small synthetic set (marked slow).
 """
 import csv
+import fcntl
 import json
 import os
 import re
@@ -391,6 +392,16 @@ def test_a_run_started_again_sets_the_earlier_attempt_aside(tmp_path, caplog):
     assert iterations(b) == [0, 1, 2, 3, 2, 3] and not (out / "row_b" / "seed0.attempt1").exists()
     assert open(b / rp.OUTPUT_FILE).read() == "fresh start\nresuming\n"
     assert [s.seeds for s in rp.collect(rows, None, str(out))] == [[0], [0]]  # attempts unread
+
+    (a / rp.RESULTS_FILE).unlink()  # unfinished, but a live training holds the folder's lock
+    with open(a / "run.lock", "w") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        got = {o.run.row.name: o for o in rp.execute(runs, train_script=str(script))}
+    assert got["row_b"].status == "skipped"
+    assert got["row_a"].status == "failed" and got["row_a"].tail == [
+        f"{a} is in use by a running training (its run.lock): wait for it to end or stop it, "
+        f"or choose another --output"]
+    assert not (out / "row_a" / "seed0.attempt2").exists() and iterations(a) == [0, 1, 2, 3]
 
 
 STOPPABLE_TRAIN = """

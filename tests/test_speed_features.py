@@ -1,22 +1,18 @@
 """Speed switches: fused vs explicit attention, bf16 autocast, activation
 checkpointing and torch.compile give the same model; tiny sizes on CPU."""
+import functools
 import logging
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
-from fastreid.config import get_cfg
 from fastreid.modeling.meta_arch import build_model
 
 import gltrans_plugin  # noqa: F401  (compat first)
-from gltrans_plugin.config import add_gltrans_config
 from gltrans_plugin.modeling import attention_impl as speed
 from gltrans_plugin.modeling.backbone import GLTransViT
 from gltrans_plugin.modeling.ptl import PTL
-from conftest import set_keys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import gltrans_cfg
 
 
 def tiny_vit(**kw):
@@ -26,20 +22,8 @@ def tiny_vit(**kw):
     return GLTransViT(**args)
 
 
-def gltrans_cfg(**opts):
-    """The shipped GLTrans recipe at a tiny size: ViT-tiny, 76x32 input (6 x 2 grid)."""
-    cfg = add_gltrans_config(get_cfg())
-    cfg.merge_from_file(os.path.join(ROOT, "configs", "GLTrans", "Base-GLTrans.yml"))
-    cfg.MODEL.BACKBONE.DEPTH = "tiny"
-    cfg.MODEL.BACKBONE.FEAT_DIM = 192
-    cfg.MODEL.BACKBONE.PRETRAIN = False
-    cfg.MODEL.BACKBONE.NUM_CAMERAS = 3
-    cfg.MODEL.BACKBONE.DROP_PATH_RATIO = 0.0
-    cfg.MODEL.HEADS.NUM_CLASSES = 4
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.INPUT.SIZE_TRAIN = [76, 32]
-    cfg.INPUT.SIZE_TEST = [76, 32]
-    return set_keys(cfg, opts)
+# the shipped GLTrans recipe at a tiny size: ViT-tiny, 76x32 input (6 x 2 grid), 4 identities
+tiny_cfg = functools.partial(gltrans_cfg, "cpu", (76, 32), 4)
 
 
 def batch(b=8, size=(76, 32), seed=0):
@@ -51,8 +35,8 @@ def batch(b=8, size=(76, 32), seed=0):
 def twin_models(**opts_b):
     """Two GLTrans models with the same weights; the second built with ``opts_b``."""
     torch.manual_seed(0)
-    a = build_model(gltrans_cfg()).train()
-    b = build_model(gltrans_cfg(**opts_b)).train()
+    a = build_model(tiny_cfg()).train()
+    b = build_model(tiny_cfg(**opts_b)).train()
     b.load_state_dict(a.state_dict())
     return a, b
 
@@ -136,20 +120,20 @@ def test_auto_attention_policy():
 
 
 def test_attn_impl_from_config(count_sdpa):
-    cfg = gltrans_cfg()
+    cfg = tiny_cfg()
     cfg.MODEL.ATTN_IMPL = "manual"  # read with a default while the key is not declared
     model = build_model(cfg).eval()
     with torch.no_grad():
         model(batch(2)["images"])
     assert count_sdpa == []
     assert model.backbone.attn_impl == "manual" and model.heads.lmf.ptl.attn_impl == "manual"
-    assert build_model(gltrans_cfg()).backbone.attn_impl == "auto"  # default without the key
+    assert build_model(tiny_cfg()).backbone.attn_impl == "auto"  # default without the key
 
 
 # ----------------------------------------------------------------------------- AMP
 def test_bf16_autocast_keeps_losses_and_gradients_close():
     torch.manual_seed(0)
-    model = build_model(gltrans_cfg()).train()
+    model = build_model(tiny_cfg()).train()
     data = batch(8)
     l32, t32, g32 = loss_and_grads(model, data)
     l16, t16, g16 = loss_and_grads(model, data, torch.bfloat16)

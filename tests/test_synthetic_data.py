@@ -26,7 +26,6 @@ from gltrans_plugin.data.datasets import (
     MSMT17TrainVal,
     SyntheticReID,
     camera_index,
-    camera_indices,
     check_dataset_root,
     synthetic_kwargs,
 )
@@ -172,7 +171,7 @@ def test_foreign_folder_is_not_overwritten(tmp_path):
 
 def test_failed_generation_leaves_nothing_half_written(tmp_path, monkeypatch):
     out = str(tmp_path / "synthetic_reid")
-    real = synthetic.render_image
+    real = synthetic.draw.render_image
     calls = {"n": 0}
 
     def failing(*args, **kwargs):
@@ -181,17 +180,17 @@ def test_failed_generation_leaves_nothing_half_written(tmp_path, monkeypatch):
             raise RuntimeError("disk full")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(synthetic, "render_image", failing)
+    monkeypatch.setattr(synthetic.draw, "render_image", failing)
     with pytest.raises(RuntimeError, match="disk full"):
         generate_synthetic_reid(out, **SMALL)
     assert not osp.exists(out)
     assert os.listdir(tmp_path) == [".synthetic_reid.lock"]
 
-    monkeypatch.setattr(synthetic, "render_image", real)
+    monkeypatch.setattr(synthetic.draw, "render_image", real)
     generate_synthetic_reid(out, **SMALL)
     before = _files(out)
     calls["n"] = 0
-    monkeypatch.setattr(synthetic, "render_image", failing)
+    monkeypatch.setattr(synthetic.draw, "render_image", failing)
     with pytest.raises(RuntimeError, match="disk full"):  # failed regeneration: old set intact
         generate_synthetic_reid(out, **{**SMALL, "seed": 9})
     assert _files(out) == before
@@ -321,7 +320,7 @@ def test_default_set_is_a_real_retrieval_problem(default_set):
 
 
 def test_identities_in_a_group_differ_only_locally():
-    a = [synthetic._identity(0, pid, 4) for pid in (1, 2, 3, 4)]
+    a = [synthetic.draw.identity(0, pid, 4) for pid in (1, 2, 3, 4)]
     coarse = ("shirt", "pants", "skin", "hair", "height", "shoulder")
     local = ("hat", "bag", "shoes", "stripe", "logo")
     for x in a[1:]:
@@ -341,7 +340,7 @@ def test_camera_index_msmt17_15_cameras():
     # the fix: one index for both forms
     assert [camera_index(c) for c in train_ids] == test_ids
     assert camera_index("msmt17_10") == camera_index(10) == 10
-    assert camera_indices(train_ids) == camera_indices(torch.arange(15)) == test_ids
+    assert [camera_index(c) for c in torch.arange(15)] == test_ids
     assert camera_index(np.int64(14)) == 14 and camera_index(torch.tensor(3)) == 3
     assert camera_index("market1501_test_3") == 3 and camera_index("veri_19") == 19
 

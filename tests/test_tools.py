@@ -1,5 +1,5 @@
 """The user tools on the synthetic set: ranked lists, attention maps, training curves,
-model report, ONNX export, checkpoint converters, and GLTrans with fast-reid's Baseline /
+model report, checkpoint converters, and GLTrans with fast-reid's Baseline /
 EmbeddingHead / Distiller / evaluator / Visualizer.
 
 One tiny GLTrans is trained for one epoch (3 iterations) on a small synthetic set in a
@@ -296,45 +296,6 @@ def test_model_report_table_and_cross_check(tmp_path):
     assert "backbone.blocks" in open(out).read()
 
 
-# ------------------------------------------------------------------ 5 ONNX
-@pytest.mark.slow
-def test_export_onnx_matches_torch_with_dynamic_batch_and_camids(gltrans_run, tmp_path):
-    import export_onnx
-    from gltrans_plugin import export as onnx_export
-    from gltrans_plugin import loading
-
-    path = str(tmp_path / "gltrans.onnx")
-    info = export_onnx.main(["--config-file", DEMO, "--weights", gltrans_run["weights"],
-                             "--output", path] + gltrans_run["opts"])
-    assert info["inputs"] == ["images", "camids"] and info["max_abs_diff"] <= 1e-4
-    _, model = loading.load_model(DEMO, gltrans_run["weights"], gltrans_run["opts"])
-    images = torch.rand(4, 3, 128, 64) * 255
-    for cams in (torch.tensor([0, 1, 2, 0]), torch.tensor([2, 2, 1, 1])):
-        assert onnx_export.verify_onnx(path, model, images, cams) <= 1e-4
-    a = onnx_export.run_onnx(path, images.numpy(), np.array([0, 1, 2, 0]))
-    b = onnx_export.run_onnx(path, images.numpy(), np.array([1, 1, 1, 1]))
-    assert np.abs(a - b).max() > 1e-3  # the camera ids reach the graph (SIE)
-    # images only: equals torch called without camera ids
-    path2 = str(tmp_path / "nocam.onnx")
-    onnx_export.export_onnx(model, path2, images[:2], None)
-    assert onnx_export.verify_onnx(path2, model, images, None) <= 1e-4
-    # the backbone's strict check is left as it was after export
-    with pytest.raises(ValueError, match="outside the SIE table"):
-        model({"images": images[:1], "camids": torch.tensor([7])})
-
-
-def test_export_refuses_camids_without_sie(tmp_path):
-    from gltrans_plugin.config import setup_cfg
-    from gltrans_plugin.export import export_onnx
-    from fastreid.modeling import build_model
-
-    cfg = setup_cfg(os.path.join(COMBINE, "vit_embedding_head_synthetic.yml"),
-                    ["MODEL.HEADS.NUM_CLASSES", "4"])
-    with pytest.raises(ValueError, match="no SIE table"):
-        export_onnx(build_model(cfg), str(tmp_path / "x.onnx"), torch.rand(1, 3, 128, 64),
-                    torch.tensor([0]))
-
-
 # ------------------------------------------------------------------ 6 converters
 def _tiny_model(config, *opts):
     from fastreid.modeling import build_model
@@ -398,9 +359,9 @@ def test_convert_transreid_vit(tmp_path):
     torch.testing.assert_close(out["heads.necks.cls12.classifier.weight"],
                                sd["classifier.weight"])
     path = save_converted(rep, model, str(tmp_path / "conv.pth"))
-    from gltrans_plugin.checkpoint import load_state_dict, read_state_dict
+    from gltrans_plugin.checkpoint import load_file, load_state_dict, unwrap_state_dict
 
-    load_state_dict(model, read_state_dict(path))  # strict
+    load_state_dict(model, unwrap_state_dict(load_file(path)))  # strict
     bad = dict(sd, **{"base.blocks.0.mlp.fc1.weight": torch.zeros(10, d)})
     with pytest.raises(ValueError, match="blocks.0.mlp.fc1.weight"):
         convert_transreid(bad, model)
@@ -452,7 +413,7 @@ RELEASED_OPTS = ("MODEL.GLTRANS.GAE.ACTIVATION", "none", "MODEL.GLTRANS.PTF.MASK
 @pytest.mark.slow
 def test_convert_released_gltrans_maps_every_key(tmp_path):
     from gltrans_plugin.modeling.convert import convert_released_gltrans, save_converted
-    from gltrans_plugin.checkpoint import load_state_dict, read_state_dict
+    from gltrans_plugin.checkpoint import load_file, load_state_dict, unwrap_state_dict
 
     model = _tiny_model(DEMO, *RELEASED_OPTS)
     sd = _random_sd(_released_shapes(192, 5, 3, 32))
@@ -479,7 +440,8 @@ def test_convert_released_gltrans_maps_every_key(tmp_path):
     for ours, theirs in pairs.items():
         torch.testing.assert_close(out[ours], sd[theirs])
     torch.testing.assert_close(out["heads.lmf.ptl.part_tokens"][1], sd["minimodule.m_cls"][0, 0])
-    load_state_dict(model, read_state_dict(save_converted(rep, model, str(tmp_path / "r.pth"))))
+    load_state_dict(model, unwrap_state_dict(load_file(
+        save_converted(rep, model, str(tmp_path / "r.pth")))))
     feat = model({"images": torch.rand(2, 3, 128, 64) * 255, "camids": torch.tensor([0, 2])})
     assert feat.shape == (2, 5 * 192) and torch.isfinite(feat).all()
 
@@ -513,9 +475,9 @@ def test_convert_checkpoint_cli(tmp_path):
                                    "--config-file", DEMO, "--output", str(tmp_path / "o.pth"),
                                    *RELEASED_OPTS])
     assert res["unfilled_model"] == [] and "norm.weight" in res["unused_source"]
-    from gltrans_plugin.checkpoint import read_state_dict
+    from gltrans_plugin.checkpoint import load_file, unwrap_state_dict
 
-    out = read_state_dict(str(tmp_path / "o.pth"))
+    out = unwrap_state_dict(load_file(str(tmp_path / "o.pth")))
     torch.testing.assert_close(out["heads.lmf.gma.q.weight"], sd["minimodule.G2L.GLinear.weight"])
 
 
@@ -552,9 +514,9 @@ def test_distiller_gltrans_teacher_resnet18_student(gltrans_run, synth_root, tmp
     assert isinstance(model, GLTransDistiller)
     teacher = model.model_ts[0]
     assert type(teacher).__name__ == "GLTrans" and not teacher.training
-    from gltrans_plugin.checkpoint import read_state_dict
+    from gltrans_plugin.checkpoint import load_file, unwrap_state_dict
 
-    ref = read_state_dict(teacher_w)
+    ref = unwrap_state_dict(load_file(teacher_w))
     for k, v in teacher.state_dict().items():  # loaded fully and never trained
         torch.testing.assert_close(v, ref[k])
     after = model.state_dict()
@@ -591,7 +553,7 @@ def test_fastreid_evaluation_on_gltrans_checkpoint(gltrans_run):
 def test_baseline_teacher_logits_match_fastreid_head_with_frozen_bn(tiny_market, tmp_path):
     """A fast-reid Baseline teacher (ResNet-18 + EmbeddingHead) gives the logits fast-reid's head
     computes in training mode, but with its BNs in eval mode (running statistics)."""
-    from conftest import resnet_cfg
+    from helpers import resnet_cfg
     from fastreid.modeling.meta_arch import build_model
 
     from gltrans_plugin.distill import teacher_logits

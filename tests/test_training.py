@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import gltrans_small_cfg
+from helpers import gltrans_small_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

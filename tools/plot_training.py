@@ -6,7 +6,9 @@
 Reads OUTPUT_DIR/metrics.json (fast-reid's JSONWriter), where ``import gltrans_plugin`` puts
 every evaluation as ``<dataset>/<metric>`` (``Market1501/mAP``), for fast-reid's DefaultTrainer
 and the plugin's Trainer; for older runs without them, the evaluations are read from
-OUTPUT_DIR/log.txt.  Works for any fast-reid model (branch losses are whatever ``loss_*`` keys
+OUTPUT_DIR/log.txt.  A line cut off by a kill mid-write is skipped with a warning naming it; a
+training resumed in the same folder replaces the earlier attempt's rows from the iteration it
+resumed at.  Works for any fast-reid model (branch losses are whatever ``loss_*`` keys
 the run logged).  Prints a JSON summary: the losses, the number of logged iterations, "eval"
 (the first test set's values per metric), "accuracy" ({"<dataset>/<metric>": {"iterations",
 "values"}}) and "eval_source" (metrics.json | log.txt | null).

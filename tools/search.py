@@ -16,7 +16,11 @@ flip test and normalisation).  ``--html`` writes a self-contained page: per quer
 and the ranked results with rank, distance and camera id; ``--thumbnails relative`` (img
 paths relative to the page's folder, default), ``absolute`` (file:// URIs) or ``copy`` (small
 JPEG copies in ``<page>_files/``, for a page to move or share).  Camera ids are 0-based:
-``--camid-from-name market`` reads them from ``<pid>_c<cam>...`` names (camera 3 -> id 2).
+``--camid-from-name market`` reads them from ``<pid>_c<cam>...`` names (camera 3 -> id 2);
+``--exclude-same-camera`` drops the results from the query's own camera.  When every gallery
+and query name is Market-style, the identities are read from them too: each result is marked
+right or wrong (green / red frame on the page, ``match`` in the JSON) and the output gives the
+fraction of queries whose first result is right (``top1_right``).
 Only the config, the checkpoint and the given images are read: never DATASETS.ROOT or the
 ImageNet weights.  Config overrides KEY VALUE go last; after ``--query`` they would be taken
 for query paths, so put ``--query`` after them or end its list with another option.
@@ -71,6 +75,9 @@ def parse_args(argv=None):
     q.add_argument("--query", nargs="+", required=True, metavar="IMAGE_OR_DIR",
                    help="query image files and / or folders (searched recursively)")
     q.add_argument("--topk", type=int, default=10, help="results per query")
+    q.add_argument("--exclude-same-camera", action="store_true",
+                   help="drop results taken by the query's own camera (both ids known), as "
+                        "Re-ID evaluation does: they dominate the top hits")
     cam_options(q, "query")
     q.add_argument("--json", default="", metavar="FILE", help="write the ranked lists here")
     q.add_argument("--html", default="", metavar="FILE", help="write an HTML page here")
@@ -124,10 +131,14 @@ def run_query(args):
                                  normalize=bool(index.info.get("normalize", True)),
                                  opts=args.opts)
     results = query_index(extractor, index, paths, camids, args.topk,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress,
+                          exclude_same_camera=args.exclude_same_camera)
     out = {"command": "query", "index_dir": os.path.abspath(args.index_dir),
            "queries": len(results), "topk": min(args.topk, len(index)),
            "metric": index.metric, "device": str(extractor.device)}
+    judged = [q for q in results if q["results"] and "match" in q["results"][0]]
+    if judged:  # identities from Market-style names: how often the first result is right
+        out["top1_right"] = sum(q["results"][0]["match"] for q in judged) / len(judged)
     if args.json:
         write_json(results, args.json, index, args.index_dir, out["topk"])
         out["json"] = os.path.abspath(args.json)

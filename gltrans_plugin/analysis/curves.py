@@ -23,21 +23,67 @@ _ITER_RE = re.compile(r"epoch/iter:\s*(\d+)/(\d+)")
 _EVAL_KEYS = ("mAP", "Rank-1", "Rank-5", "mINP")
 
 
+def _is_training_row(row: Dict) -> bool:
+    return any(k in ("lr", "total_loss") or k.startswith("loss_") for k in row)
+
+
+def _parse_line(line: str):
+    """(metrics row or None, whether the whole line was that row).  A cut-off row (a kill
+    mid-write) that the next run appended to keeps the complete row at its end."""
+    for start in [0] + [i for i, c in enumerate(line) if c == "{" and i]:
+        try:
+            row = json.loads(line[start:])
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            return row, start == 0
+    return None, False
+
+
 def read_metrics(path: str) -> List[Dict]:
-    """The rows of a ``metrics.json`` (one JSON object per line; a bad line names its number)."""
-    rows = []
-    with open(path) as f:
+    """The rows of a ``metrics.json`` (one JSON object per line, appended by fast-reid's
+    ``JSONWriter``).
+
+    A run killed mid-write leaves a cut-off line: it is skipped with a warning naming the file
+    and line (a complete row the next run appended to it is kept).  A training resumed (or
+    started again) in the same folder appends rows from its start iteration again: they
+    replace the earlier rows from that iteration on, so every iteration has one row, the last
+    attempt's.  A file with no row at all is an error naming its first line."""
+    rows: List[Dict] = []
+    skipped, salvaged = [], []  # line numbers
+    last_train = None  # iteration of the last training row (evaluation rows may come late)
+    with open(path, errors="replace") as f:
         for n, line in enumerate(f, 1):
             line = line.strip()
             if not line:
                 continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n} is not a JSON object ({e}); is this fast-reid's "
-                                 f"metrics.json?") from None
+            row, whole = _parse_line(line)
+            if row is None:
+                skipped.append(n)
+                continue
+            if not whole:
+                salvaged.append(n)
+            it = row.get("iteration")
+            if _is_training_row(row) and isinstance(it, int):
+                if last_train is not None and it <= last_train:
+                    before = len(rows)
+                    rows = [r for r in rows if not (isinstance(r.get("iteration"), int)
+                                                    and r["iteration"] >= it)]
+                    logger.info("%s:%d: the training restarted at iteration %d (resumed or "
+                                "started again in this folder); %d earlier rows from there on "
+                                "are replaced by the new ones.", path, n, it, before - len(rows))
+                last_train = it
+            rows.append(row)
     if not rows:
+        if skipped:
+            raise ValueError(f"{path}:{skipped[0]} is not a JSON object; is this fast-reid's "
+                             f"metrics.json?")
         raise ValueError(f"{path} holds no metrics rows (did the run log any iteration?).")
+    for lines, what in ((skipped, "skipped"), (salvaged, "the complete row at its end kept")):
+        if lines:
+            logger.warning("%s:%s: not a complete JSON row (a write cut off by a kill?): %s.",
+                           path, ",".join(map(str, lines[:10])) + (" ..." if len(lines) > 10
+                                                                   else ""), what)
     return rows
 
 

@@ -9,17 +9,21 @@ matrix products it is, in fvcore's unit (one multiply-add = one "flop"):
     MACs = B * h * Nq * Nk * d  (Q K^T)  +  B * h * Nq * Nk * dv  (A V)
 softmax / scaling are element-wise and not counted, as fvcore leaves all element-wise ops out.
 
-Cross-check: ``torch.utils.flop_counter.FlopCounterMode`` counts 2 flops per multiply-add and only
-matrix products / convolutions / attention.  On CPU, attention runs as
-``aten._scaled_dot_product_flash_attention_for_cpu``, which FlopCounterMode has no formula for
-(it reports 0): ``torch_flops`` registers torch's own ``sdpa_flop_count`` for it.  The two totals
-then agree when fvcore is restricted to the same ops (``fvcore_matmul_macs``):
+Cross-check: ``torch.utils.flop_counter.FlopCounterMode`` (``counter_flops``) counts 2 flops per
+multiply-add and only matrix products / convolutions / attention.  It runs attention in the math
+backend, so the counter sees the two products as plain ``bmm`` and needs no attention formula
+(on CPU the fused kernel, ``aten._scaled_dot_product_flash_attention_for_cpu``, has none and
+would count 0); it counts any callable, a training step's backward included.  The two totals
+agree when fvcore is restricted to the same ops (``fvcore_matmul_macs``):
 ``torch_flops == 2 * fvcore_matmul_macs``.  The table reports fvcore's full count (norms
 included, as fvcore does by default).
+
+This is the one FLOP counter of the project: ``tools/model_report.py`` and
+``bench/model_bench.py`` use it.
 """
 import logging
 from collections import OrderedDict
-from typing import Dict
+from typing import Callable, Dict, Tuple
 
 import torch
 from torch import nn
@@ -28,7 +32,7 @@ from ..export import InferenceWrapper
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["count_flops", "fvcore_matmul_macs", "model_report",
+__all__ = ["count_flops", "counter_flops", "fvcore_matmul_macs", "model_report",
            "sdpa_flop_jit", "torch_flops"]
 
 # fvcore's default handles for the ops FlopCounterMode counts too (products, convolutions)
@@ -77,23 +81,25 @@ def fvcore_matmul_macs(model: nn.Module, images: torch.Tensor, camids=None) -> i
     return int(count_flops(model, images, camids, matmul_only=True).total())
 
 
+def counter_flops(fn: Callable[[], object]) -> Tuple[int, Dict[str, int]]:
+    """``FlopCounterMode`` count of everything ``fn()`` runs (2 per multiply-add; a backward
+    inside ``fn`` included), attention in the math backend (module doc): (total, {module name:
+    flops}), module names rooted at the outermost module's class name (``GLTrans.heads.gae``)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False, depth=None)
+    with sdpa_kernel(SDPBackend.MATH), counter:
+        fn()
+    per_module = {k: int(sum(v.values())) for k, v in counter.get_flop_counts().items()}
+    return int(counter.get_total_flops()), per_module
+
+
 @torch.no_grad()
 def torch_flops(model: nn.Module, images: torch.Tensor, camids=None) -> int:
-    """``torch.utils.flop_counter.FlopCounterMode`` total (2 per multiply-add), CPU attention
-    included (module doc)."""
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
-
-    def cpu_sdpa(query, key, value, *args, out_shape=None, **kwargs):
-        return sdpa_flop_count(query, key, value)
-
-    aten = torch.ops.aten
-    custom = {}
-    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
-        custom[aten._scaled_dot_product_flash_attention_for_cpu] = cpu_sdpa
+    """``counter_flops`` total of the test forward (2 per multiply-add)."""
     wrapped = model if isinstance(model, InferenceWrapper) else InferenceWrapper(model)
-    with FlopCounterMode(display=False, custom_mapping=custom) as counter:
-        wrapped(*_inputs(wrapped, images, camids))
-    return int(counter.get_total_flops())
+    return counter_flops(lambda: wrapped(*_inputs(wrapped, images, camids)))[0]
 
 
 def _fmt(n: float) -> str:

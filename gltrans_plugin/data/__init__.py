@@ -6,7 +6,6 @@ from .datasets import (  # noqa: F401  (importing registers the datasets)
     MSMT17TrainVal,
     SyntheticReID,
     camera_index,
-    camera_indices,
     check_dataset_root,
     synthetic_kwargs,
     unseen_camera,

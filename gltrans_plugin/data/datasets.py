@@ -1,6 +1,6 @@
 r"""Datasets registered into fast-reid's ``DATASET_REGISTRY`` and dataset-root helpers.
 
-- ``SyntheticReID``: the built-in synthetic set (see ``synthetic.py``), read with fast-reid's
+- ``SyntheticReID``: the built-in synthetic set (see ``synthetic/``), read with fast-reid's
   Market-1501 reader from ``<root>/synthetic_reid`` and generated there on first use.
 - ``MSMT17TrainVal``: MSMT17 trained on list_train + list_val (the protocol of TransReID and
   the GLTrans paper); query / gallery as fast-reid's ``MSMT17``.
@@ -44,7 +44,6 @@ __all__ = [
     "MSMT17TrainVal",
     "CameraLayout",
     "camera_index",
-    "camera_indices",
     "check_dataset_root",
     "check_image_headers",
     "check_train_set",
@@ -95,13 +94,6 @@ def camera_index(camid):
             "like 'msmt17_10' (fast-reid's '{dataset_name}_{cam}' training form)."
         )
     raise TypeError(f"camera id {camid!r} of type {type(camid).__name__}: expected int or str.")
-
-
-def camera_indices(camids):
-    """``camera_index`` of each element of a sequence (list of str / int, or a 1-D tensor)."""
-    if hasattr(camids, "tolist"):
-        camids = camids.tolist()
-    return [camera_index(c) for c in camids]
 
 
 def unseen_camera(camid):
@@ -191,18 +183,21 @@ def parse_market_name(path, *, cameras=(1, None), pids=None, naming="Market-1501
     (hi None: no upper bound; ``pids`` None: not checked; -1 is always allowed).  A name that
     breaks the rule, or a number outside its range, is a ``DatasetError`` naming the file, the
     rule (``naming``, ``example``) and ``fix``."""
+    lo, hi = cameras
     m = MARKET_NAME.match(osp.basename(path))
     if m is None:
-        raise DatasetError(f"image name does not follow the {naming} naming <pid>_c<camera>... "
-                           f"(e.g. {example})", path, fix)
+        span = f"{lo}..{hi}" if hi is not None else f"from {lo}"
+        raise DatasetError(f"image name does not follow the {naming} naming ({naming} names "
+                           f"are <pid>_c<camera>..., e.g. {example}, with camera {span})", path,
+                           fix)
     pid, cam = int(m.group(1)), int(m.group(2))
-    lo, hi = cameras
     if cam < lo:
         raise DatasetError(f"camera c{m.group(2)}: {naming} camera numbers start at {lo}", path,
                            fix)
     if hi is not None and cam > hi:
-        raise DatasetError(f"camera c{m.group(2)} is outside {naming}'s cameras c{lo}..c{hi} "
-                           f"(every digit after _c is the camera number)", path, fix)
+        raise DatasetError(f"camera {cam} is outside {naming}'s range {lo}..{hi} (every digit "
+                           f"after _c is the camera number: c{m.group(2)} is camera {cam})",
+                           path, fix)
     if pids and pid != -1 and (pid < pids[0] or (pids[1] is not None and pid > pids[1])):
         span = f"{pids[0]}..{pids[1]}" if pids[1] is not None else f"{pids[0]} or more"
         raise DatasetError(f"person id {pid} is outside {naming}'s range {span} (-1 = junk)",
@@ -295,7 +290,7 @@ _NAMING = {
     "Market1501": ((0, 1501), (1, 6), True, "0002_c1s1_000451_03.jpg"),
     "DukeMTMC": (None, (1, 8), False, "0001_c2_f0046182.jpg"),
 }
-_READER_FIX = "rename it or move it out of the folder (fast-reid reads every *.jpg there)"
+_READER_FIX = "rename it or move the file out of the folder (fast-reid reads every *.jpg there)"
 
 
 def read_reader_dir(dataset, reader, dir_path, is_train=True):

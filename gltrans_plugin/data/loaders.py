@@ -3,11 +3,14 @@ datasets (root, synthetic sizes, one listing per start-up), the same camera inde
 test, unreadable images named (or skipped), a sampler deterministic per epoch, and batches on
 cfg.MODEL.DEVICE.
 
+With ``DATASETS.VAL.IDS`` the held-out identities leave the training set and form the
+validation loader (``build_val_loader``, data/validation.py).
+
 fast-reid's ``DefaultTrainer`` builds its loaders with these (the plugin's runtime patches point
 its ``build_train_loader`` / ``build_test_loader`` here), and so does the plugin's ``Trainer``,
 which inherits them; the tools build a test loader with ``build_test_loader`` without a trainer.
 """
-from fastreid.data import build_reid_test_loader, build_reid_train_loader
+from fastreid.data import build as fr_build
 from fastreid.data.build import _train_loader_from_config
 from fastreid.data.transforms import build_transforms
 from fastreid.utils import comm
@@ -18,8 +21,9 @@ from .checks import check_identities, check_test_set
 from .common import RobustCommDataset
 from .datasets import check_train_set
 from .samplers import wrap_sampler
+from .validation import split_validation, val_enabled
 
-__all__ = ["build_test_loader", "build_train_loader"]
+__all__ = ["build_test_loader", "build_train_loader", "build_val_loader"]
 
 
 def build_train_loader(cfg):
@@ -32,6 +36,8 @@ def build_train_loader(cfg):
         if comm.is_main_process():
             data.show_train()
         items.extend(data.train)
+    if val_enabled(cfg):  # held-out identities leave the training set
+        items = _validation(cfg, items).train
     layout = camera_layout(cfg)  # identities of merged sets apart, each its own SIE rows
     train_set = RobustCommDataset(items, build_transforms(cfg, is_train=True), relabel=True,
                                   skip_corrupt=cfg.DATALOADER.SKIP_CORRUPT)
@@ -42,7 +48,27 @@ def build_train_loader(cfg):
     # deterministic per epoch, so a resumed run sees the same batches (data/samplers.py)
     sampler = wrap_sampler(cfg, sampler, len(train_set))
     with loader_device(cfg.MODEL.DEVICE):  # CUDA copies / pinned memory for a CUDA model only
-        return build_reid_train_loader(cfg, train_set=train_set, sampler=sampler)
+        return fr_build.build_reid_train_loader(cfg, train_set=train_set, sampler=sampler)
+
+
+def _validation(cfg, items=None):
+    if items is None:
+        items = [it for name in cfg.DATASETS.NAMES for it in build_dataset(cfg, name).train]
+    return split_validation(items, int(cfg.DATASETS.VAL.IDS), int(cfg.DATASETS.VAL.SEED))
+
+
+def build_val_loader(cfg):
+    """(loader over the validation query + gallery, number of queries): the identities
+    DATASETS.VAL.IDS holds out of the training sets (data/validation.py), camera ids as in
+    training."""
+    split = _validation(cfg)
+    layout = camera_layout(cfg)
+    items = [(it[0], it[1], layout.train_index(it[2])) + tuple(it[3:])
+             for it in split.query + split.gallery]
+    val_set = RobustCommDataset(items, build_transforms(cfg, is_train=False), relabel=False,
+                                skip_corrupt=cfg.DATALOADER.SKIP_CORRUPT)
+    with loader_device(cfg.MODEL.DEVICE):
+        return fr_build.build_reid_test_loader(cfg, test_set=val_set, num_query=len(split.query))
 
 
 def build_test_loader(cfg, dataset_name):
@@ -58,4 +84,4 @@ def build_test_loader(cfg, dataset_name):
     test_set = RobustCommDataset(items, build_transforms(cfg, is_train=False), relabel=False,
                                  skip_corrupt=cfg.DATALOADER.SKIP_CORRUPT)
     with loader_device(cfg.MODEL.DEVICE):
-        return build_reid_test_loader(cfg, test_set=test_set, num_query=len(data.query))
+        return fr_build.build_reid_test_loader(cfg, test_set=test_set, num_query=len(data.query))

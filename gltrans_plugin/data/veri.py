@@ -30,7 +30,8 @@ has a label is an error (the files belong to another copy of the data).
 
 ``fill_num_views(cfg)``: ``MODEL.BACKBONE.NUM_VIEWS 0`` ("from the data") -> the largest view id
 of the training datasets + 1; with a fixed ``NUM_VIEWS``, a training or test view id outside the
-table fails there, before the model is built.
+table fails there, before the model is built; with ``SIE_VIEW`` on, a training set without any
+view id fails there too.
 """
 import logging
 import os
@@ -215,13 +216,21 @@ def fill_num_views(cfg):
     """``cfg`` with MODEL.BACKBONE.NUM_VIEWS filled (a clone; ``cfg`` itself when nothing
     changes).  0 means 'from the training data': the largest view id of the DATASETS.NAMES
     training sets + 1.  With NUM_VIEWS > 0 the view ids of the training and test sets must fit
-    the table.  Nothing to do without MODEL.BACKBONE.SIE_VIEW."""
+    the table.  Either way some training set must give view ids (else every image would get
+    the unseen-view policy, in training too).  Nothing to do without MODEL.BACKBONE.SIE_VIEW."""
     from .build import build_dataset  # build imports this module
 
     bb = cfg.MODEL.BACKBONE
     if not bb.SIE_VIEW:
         return cfg
     train = {name: _view_ids(build_dataset(cfg, name).train) for name in cfg.DATASETS.NAMES}
+    total = max((max(v) + 1 for v in train.values() if v), default=0)
+    if total == 0:
+        raise DatasetError(
+            f"MODEL.BACKBONE.SIE_VIEW is on but no training dataset ({', '.join(train)}) gives "
+            f"view ids", "DATASETS.NAMES",
+            "train on a dataset with view labels (VeRiViews with its keypoint files), or set "
+            "MODEL.BACKBONE.SIE_VIEW False")
     if bb.NUM_VIEWS > 0:
         sources = [(f"training set {n}", v) for n, v in train.items()]
         for name in cfg.DATASETS.TESTS:
@@ -235,13 +244,6 @@ def fill_num_views(cfg):
                     f"MODEL.BACKBONE.NUM_VIEWS={bb.NUM_VIEWS}", "MODEL.BACKBONE.NUM_VIEWS",
                     f"set it to {max(bad) + 1} or more (0 = from the training data)")
         return cfg
-    total = max((max(v) + 1 for v in train.values() if v), default=0)
-    if total == 0:
-        raise DatasetError(
-            f"MODEL.BACKBONE.SIE_VIEW is on but no training dataset ({', '.join(train)}) gives "
-            f"view ids", "MODEL.BACKBONE.NUM_VIEWS 0 (from the data)",
-            "train on a dataset with view labels (VeRiViews), set NUM_VIEWS, or set "
-            "MODEL.BACKBONE.SIE_VIEW False")
     cfg = cfg.clone()
     frozen = cfg.is_frozen()
     cfg.defrost()

@@ -1,12 +1,17 @@
 """Hooks of the plugin's trainer: training health (are the metric features separating
-identities?)."""
+identities?) and a clean stop on SIGINT / SIGTERM."""
 import logging
+import os
+import signal
+import threading
 
 from fastreid.engine import hooks
 
+from ..errors import Interrupted
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainingHealth"]
+__all__ = ["StopOnSignal", "TrainingHealth"]
 
 
 class TrainingHealth(hooks.HookBase):
@@ -62,3 +67,54 @@ class TrainingHealth(hooks.HookBase):
                     f"separating identities. Check the learning rate / optimizer, warm-up "
                     f"and the triplet margin (SOLVER.HEALTH.* sets this check)."
                 )
+
+
+class StopOnSignal(hooks.HookBase):
+    """SIGINT and SIGTERM (Ctrl-C; what docker, systemd and schedulers send) end a training
+    cleanly: the step in progress completes, rank 0 saves the model, optimizer and scheduler as
+    ``model_interrupted.pth`` (atomically, as every checkpoint) and points ``last_checkpoint`` at
+    it, one line is logged, and the run ends with ``errors.Interrupted`` (exit code 130 / 143).
+    ``--resume`` continues from it; a stop inside an epoch restarts that epoch from its first
+    batch (fast-reid resumes at epoch boundaries), with the weights as they were at the stop.
+    The handlers are installed for the training only and the previous ones restored after it."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def before_train(self):
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set in the main thread
+        for s in self.SIGNALS:
+            self._previous[s] = signal.signal(s, self._handle)
+
+    def after_train(self):
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        self._previous = {}
+
+    def after_step(self):
+        if self.signum is None:
+            return
+        t = self.trainer
+        it = t.iter + 1  # steps done
+        epoch_done = it % t.iters_per_epoch == 0
+        # the last finished epoch: resume starts at the next one (fast-reid's rule)
+        epoch = t.epoch if epoch_done else t.epoch - 1
+        name = signal.Signals(self.signum).name
+        t.checkpointer.save("model_interrupted", epoch=epoch)  # rank 0 writes; atomic
+        where = os.path.join(t.cfg.OUTPUT_DIR, "model_interrupted.pth")
+        resume = (f"--resume continues at epoch {epoch + 2}" if epoch_done else
+                  f"--resume restarts epoch {t.epoch + 1} from its first batch with these "
+                  f"weights")
+        logger.warning(f"{name} at iteration {it}: saved the model, optimizer and scheduler to "
+                       f"{where}; {resume}.")
+        raise Interrupted(self.signum, f"stopped by {name} at iteration {it}; saved {where}: "
+                                       f"{resume} (same OUTPUT_DIR)")

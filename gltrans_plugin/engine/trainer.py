@@ -8,22 +8,26 @@ optional evaluation before training, checked resumes that continue with the same
 import contextlib
 import logging
 import os
+from collections import OrderedDict
 
 import torch
 from fastreid.engine import DefaultTrainer, default_setup, hooks
-from fastreid.evaluation import ReidEvaluator
+from fastreid.evaluation import ReidEvaluator, print_csv_format
 from fastreid.utils import comm
 from fastreid.utils.env import seed_all_rng
 from fastreid.utils.logger import setup_logger
 
+from ..card import write_card
 from ..checkpoint import check_optimizer_fits, check_resume_fits, load_file
 from ..checks import check_data, validate_config
 from ..data import clear_dataset_cache
 from ..data.samplers import EpochSampler
-from ..distributed import broadcast_buffers
+from ..data.validation import VAL_NAME, val_enabled
+from ..distributed import broadcast_buffers, convert_sync_batchnorm
 from ..evaluation import ChunkedReidEvaluator
+from ..evaluation.inference import inference_on_dataset
 from ..evaluation.results import put_eval_results
-from .hooks import TrainingHealth
+from .hooks import StopOnSignal, TrainingHealth
 from .results import log_before_after, write_results
 
 logger = logging.getLogger(__name__)
@@ -48,6 +52,11 @@ class Trainer(DefaultTrainer):
         # fast-reid sets this in default_setup only; a Trainer built without it honours it too
         torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
 
+    @classmethod
+    def build_model(cls, cfg):
+        # fast-reid's NORM syncBN keys, applied to every BatchNorm (GLTrans builds plain ones)
+        return convert_sync_batchnorm(super().build_model(cfg), cfg)
+
     # ------------------------------------------------------------------ evaluation
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_dir=None):
@@ -66,6 +75,22 @@ class Trainer(DefaultTrainer):
         broadcast_buffers(model)
         return super().test(cfg, model, *args, **kwargs)
 
+    @classmethod
+    def validate(cls, cfg, model):
+        """The validation split's metrics (DATASETS.VAL.IDS), as ``{"Validation": {...}}``;
+        its ``metric`` (what model_best is chosen by) is the validation mAP."""
+        from ..data.loaders import build_val_loader
+
+        broadcast_buffers(model)
+        loader, num_query = build_val_loader(cfg)
+        evaluator = ChunkedReidEvaluator(cfg, num_query)
+        results = inference_on_dataset(model, loader, evaluator, flip_test=cfg.TEST.FLIP.ENABLED)
+        if comm.is_main_process():
+            results = OrderedDict(results)
+            results["metric"] = results["mAP"]
+            print_csv_format(OrderedDict(dataset=VAL_NAME, **results))
+        return {VAL_NAME: results}
+
     @staticmethod
     def auto_scale_hyperparams(cfg, num_classes):
         if comm.is_main_process() and cfg.OUTPUT_DIR:  # fast-reid writes config.yaml there
@@ -78,18 +103,43 @@ class Trainer(DefaultTrainer):
         return cfg
 
     def build_hooks(self):
-        ret = super().build_hooks()
+        ret = super().build_hooks() + [StopOnSignal()]
         period = max(1, int(self.cfg.SOLVER.LOG_PERIOD))
         for h in ret:
             if isinstance(h, hooks.PeriodicWriter):
                 h._period = period
         if self.cfg.SOLVER.HEALTH.ENABLED and comm.is_main_process():
             ret.insert(0, TrainingHealth(period, self.cfg.SOLVER.HEALTH))
+        if val_enabled(self.cfg):  # choices on the validation split, not on the test sets
+            ret = [hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._validate_and_save)
+                   if isinstance(h, hooks.EvalHook) else h for h in ret]
         if self.cfg.TEST.EVAL_BEFORE_TRAIN and comm.is_main_process():
             # the untrained model's accuracy at the first iteration of metrics.json / TensorBoard
             ret.insert(0, hooks.CallbackHook(before_train=lambda t: put_eval_results(
                 t.storage, t._before_train_results, t.cfg.DATASETS.TESTS)))
         return ret
+
+    def _validate_and_save(self):
+        self._last_eval_results = self.validate(self.cfg, self.model)
+        return self._last_eval_results
+
+    def _test_selected(self):
+        """With a validation split: the test sets evaluated once, with the checkpoint chosen by
+        validation mAP (model_best.pth, else the final weights); returns (results, choice)."""
+        best = os.path.join(self.cfg.OUTPUT_DIR, "model_best.pth")
+        choice = {"checkpoint": "final weights"}
+        if os.path.exists(best):
+            state = load_file(best, key="OUTPUT_DIR/model_best.pth")
+            self.model_without_ddp().load_state_dict(state["model"])
+            choice = {"checkpoint": "model_best.pth", "epoch": int(state.get("epoch", -1)) + 1,
+                      "validation mAP": float(state.get("metric", float("nan")))}
+            logger.info(f"Selected by validation mAP: epoch {choice['epoch']} (validation mAP "
+                        f"{choice['validation mAP']:.2f}); testing it once on "
+                        f"{', '.join(self.cfg.DATASETS.TESTS)}.")
+        return self.test(self.cfg, self.model), choice
+
+    def model_without_ddp(self):
+        return getattr(self.model, "module", self.model)
 
     # ------------------------------------------------------------------ run
     def resume_or_load(self, resume=True):
@@ -131,12 +181,21 @@ class Trainer(DefaultTrainer):
                 write_results(self.cfg.OUTPUT_DIR, self._last_eval_results, None,
                               self.start_epoch * self.iters_per_epoch)
             return self._last_eval_results
+        if comm.is_main_process():  # every checkpoint of the folder has a card, final or not
+            write_card(self.cfg, self.cfg.OUTPUT_DIR, None, model=self.model)
         results = super().train()
+        choice = None
+        if val_enabled(self.cfg):
+            results, choice = self._test_selected()
         if comm.is_main_process():
             if self._before_train_results:
                 log_before_after(self._before_train_results, results)
             write_results(self.cfg.OUTPUT_DIR, results, self._before_train_results,
-                          self.iter + 1)
+                          self.iter + 1, selected=choice)
+            tested = (choice or {}).get("checkpoint") == "model_best.pth"
+            write_card(self.cfg, self.cfg.OUTPUT_DIR, results, model=self.model,
+                       iteration=self.iter + 1, checkpoint=os.path.join(
+                           self.cfg.OUTPUT_DIR, "model_best.pth" if tested else "model_final.pth"))
         return results
 
     # ------------------------------------------------------------------ train stream

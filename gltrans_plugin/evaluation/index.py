@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from .inference import flip_features
+from .inference import batch_features
 
 logger = logging.getLogger(__name__)
 
@@ -57,26 +57,15 @@ def check_finite_features(feats, names, weights=""):
 
 
 
-@torch.no_grad()
 def extract_features(model, data_loader, flip_test: bool = False, progress: bool = True):
     """(N x D float32 features, paths, pids, camids) of every batch of ``data_loader``."""
     feats, paths, pids, camids = [], [], [], []
-    was_training = model.training
-    model.eval()
-    it = data_loader
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(data_loader, desc="features", unit="batch", leave=False)
-    try:
-        for inputs in it:
-            feats.append(flip_features(model, inputs, flip_test).float().cpu())
-            check_finite_features(feats[-1], inputs.get("img_paths"))
-            paths += list(inputs.get("img_paths", [""] * len(feats[-1])))
-            pids.append(torch.as_tensor(inputs.get("targets", torch.full((len(feats[-1]),), -1))))
-            camids.append(torch.as_tensor(inputs.get("camids", torch.full((len(feats[-1]),), -1))))
-    finally:
-        model.train(was_training)
+    for inputs, out in batch_features(model, data_loader, flip_test, progress=progress):
+        feats.append(out.float().cpu())
+        check_finite_features(feats[-1], inputs.get("img_paths"))
+        paths += list(inputs.get("img_paths", [""] * len(feats[-1])))
+        pids.append(torch.as_tensor(inputs.get("targets", torch.full((len(feats[-1]),), -1))))
+        camids.append(torch.as_tensor(inputs.get("camids", torch.full((len(feats[-1]),), -1))))
     return (torch.cat(feats), paths, torch.cat(pids).numpy(), torch.cat(camids).numpy())
 
 
@@ -194,7 +183,7 @@ def _read_meta(meta_path):
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
     except json.JSONDecodeError as e:
-        raise IndexFolderError(f"meta.json is not valid JSON ({e.msg} at line {e.lineno}, "
+        raise IndexFolderError(f"meta.json is not valid JSON ({e.msg}: line {e.lineno}, "
                                f"column {e.colno})", meta_path, _REBUILD) from None
     except UnicodeDecodeError as e:
         raise IndexFolderError(f"meta.json is not UTF-8 text ({e.reason} at byte {e.start})",

@@ -5,18 +5,21 @@ again.  ``Baseline.preprocess_image`` normalises ``images`` in place, so the sec
 already-normalised (then flipped) pixels and normalises them again.  Here each forward gets its
 own copy of the batch dict with a clone of the raw images (the flipped one for the flip pass),
 so what the model does to ``images`` cannot leak into the other pass or into the evaluator.
+
+``batch_features`` is the one loop over batches that every feature producer uses (this
+evaluation, the retrieval index's ``extract_features``, ``FeatureExtractor``).
 """
+import contextlib
 import datetime
 import logging
 import time
 
 import torch
-from fastreid.evaluation.evaluator import inference_context
 from fastreid.utils import comm
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["inference_on_dataset", "flip_features"]
+__all__ = ["batch_features", "flip_features", "inference_on_dataset"]
 
 
 def _with_images(inputs, images):
@@ -41,6 +44,29 @@ def flip_features(model, inputs, flip_test: bool = True):
     return outputs
 
 
+def batch_features(model, batches, flip_test: bool = False, *, progress: bool = False,
+                   total=None, forward_context=contextlib.nullcontext):
+    """Yield ``(inputs, features)`` for each batch of ``batches`` (fast-reid batch dicts or
+    image tensors): ``flip_features`` of the model in eval mode (its mode restored afterwards),
+    without gradients, each forward inside ``forward_context()`` (autocast, say); a tqdm bar
+    over ``total`` batches when ``progress``."""
+    it = batches
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(batches, total=total, desc="features", unit="batch", leave=False)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for inputs in it:
+                with forward_context():
+                    feats = flip_features(model, inputs, flip_test)
+                yield inputs, feats
+    finally:
+        model.train(was_training)
+
+
 def inference_on_dataset(model, data_loader, evaluator, flip_test: bool = False,
                          progress: bool = True):
     """Run ``model`` over ``data_loader`` in eval mode and return ``evaluator.evaluate()``.
@@ -54,16 +80,10 @@ def inference_on_dataset(model, data_loader, evaluator, flip_test: bool = False,
                 len(getattr(data_loader, "dataset", [])))
     evaluator.reset()
     start = time.perf_counter()
-    it = data_loader
-    if progress and comm.is_main_process():
-        from tqdm import tqdm
-
-        it = tqdm(data_loader, total=total, desc="features", unit="batch", leave=False)
-    with inference_context(model), torch.no_grad():
-        for inputs in it:
-            outputs = flip_features(model, inputs, flip_test)
-            check_finite_features(outputs, inputs.get("img_paths"))  # names images, weights
-            evaluator.process(inputs, outputs)
+    for inputs, outputs in batch_features(model, data_loader, flip_test, total=total,
+                                          progress=progress and comm.is_main_process()):
+        check_finite_features(outputs, inputs.get("img_paths"))  # names images, weights
+        evaluator.process(inputs, outputs)
     dt = time.perf_counter() - start
     logger.info("Total inference time: %s (%.4f s / batch, %d devices)",
                 datetime.timedelta(seconds=int(dt)), dt / max(total, 1), comm.get_world_size())

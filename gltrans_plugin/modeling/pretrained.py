@@ -255,6 +255,7 @@ def _hub_file(repo_rev: str, filenames, cache_dir: str, local_only: bool) -> str
                                    local_files_only=local_only)
         except LocalEntryNotFoundError:
             not_cached = True  # not in the cache, and no network (or offline / local_only)
+            local_only = True  # the next names: the cache only (no second network timeout)
         except EntryNotFoundError:
             continue  # the repo has no such file: try the next name
         except (GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError) as e:

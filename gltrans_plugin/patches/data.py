@@ -1,6 +1,7 @@
-"""Runtime patches of fast-reid's data loading: loaders without CUDA, test loaders with the configured
-workers, transforms on today's torchvision / numpy / Pillow, loader errors raised in the training
-loop, images read as RGB, and fast-reid's DefaultTrainer building its loaders as the plugin does."""
+"""Runtime patches of fast-reid's data loading: loaders without CUDA, test loaders with the
+configured workers, transforms on today's torchvision / numpy / Pillow, loader errors raised in
+the training loop, images read as RGB, and fast-reid's DefaultTrainer building its loaders as the
+plugin does."""
 import functools
 import types
 

@@ -1,6 +1,6 @@
-"""Runtime patches of fast-reid's engine: AMP and DDP on the CPU, the launcher on gloo without a GPU,
-a finished run resumed, non-finite losses stopping every rank, the CPU where there is no GPU, and
-fast-reid's DefaultTrainer filling the camera count from the data."""
+"""Runtime patches of fast-reid's engine: AMP and DDP on the CPU, the launcher on gloo without a
+GPU, a finished run resumed, non-finite losses stopping every rank, the CPU where there is no
+GPU, and fast-reid's DefaultTrainer filling the camera count from the data."""
 import functools
 import logging
 import sys
@@ -201,14 +201,16 @@ def default_trainer_fills_cameras():
     # fastreid/engine/defaults.py: DefaultTrainer.auto_scale_hyperparams fills only
     # MODEL.HEADS.NUM_CLASSES, so a GLTrans config's MODEL.BACKBONE.NUM_CAMERAS 0 ("from the
     # data") builds a model without camera rows and the first batch fails on its camera ids.
-    # The camera count now comes from the training data (data.build.fill_num_cameras) first.
+    # The camera count (and, for a model with view SIE, the view count) now comes from the
+    # training data first (data.build.fill_num_cameras, data.veri.fill_num_views).
     from fastreid.engine.defaults import DefaultTrainer
 
     from ..data.build import fill_num_cameras
+    from ..data.veri import fill_num_views
 
     original = DefaultTrainer.auto_scale_hyperparams
 
     def auto_scale_hyperparams(cfg, num_classes):
-        return original(fill_num_cameras(cfg), num_classes)
+        return original(fill_num_views(fill_num_cameras(cfg)), num_classes)
 
     DefaultTrainer.auto_scale_hyperparams = staticmethod(auto_scale_hyperparams)

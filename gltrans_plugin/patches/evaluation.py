@@ -5,6 +5,7 @@ import logging
 
 from ..compat import fix
 from ..devices import cuda_available
+from ..data.validation import VAL_NAME, val_enabled
 from ..evaluation.results import per_dataset_results
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def eval_results_per_dataset():
     # fastreid/engine/hooks.py: EvalHook puts one test set's results as `Rank-1`, `mAP` ... and
     # several sets' as `Market1501/Rank-1` ..., so a curve's key changes with DATASETS.TESTS.
     # Every evaluation's scalars are now `<dataset>/<metric>`; PeriodicCheckpointer (model_best)
-    # reads `<first test set>/metric` accordingly.
+    # reads `<first test set>/metric` accordingly (`Validation/metric` with a validation split).
     from fastreid.engine import hooks
 
     orig_init = hooks.EvalHook.__init__
@@ -83,7 +84,8 @@ def eval_results_per_dataset():
 
     def before_train(self):
         orig_before_train(self)
-        self.metric_name = f"{self.trainer.cfg.DATASETS.TESTS[0]}/metric"
+        cfg = self.trainer.cfg  # the validation split, when there is one, picks model_best
+        self.metric_name = f"{VAL_NAME if val_enabled(cfg) else cfg.DATASETS.TESTS[0]}/metric"
 
     hooks.EvalHook.__init__ = __init__
     hooks.PeriodicCheckpointer.before_train = before_train

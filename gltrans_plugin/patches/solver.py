@@ -1,5 +1,5 @@
-"""Runtime patches of fast-reid's solver: the optimizer on plain parameters, a cosine over at least one
-epoch, and fast-reid's DefaultTrainer scheduling its warm-up in epochs."""
+"""Runtime patches of fast-reid's solver: the optimizer on plain parameters, a cosine over at
+least one epoch, and fast-reid's DefaultTrainer scheduling its warm-up in epochs."""
 import functools
 import logging
 
@@ -68,7 +68,8 @@ def default_trainer_warmup_epochs():
     @functools.wraps(orig_init)
     def __init__(self, cfg):
         orig_init(self, cfg)
-        self.warmup_iters = solver.warmup_iters(self.cfg, self.iters_per_epoch)  # LRScheduler hook
+        # what the LRScheduler hook reads: 0 for a per-epoch (released) warm-up
+        self.warmup_iters = solver.hook_warmup_iters(self.cfg, self.iters_per_epoch)
 
     DefaultTrainer.build_lr_scheduler = classmethod(build_lr_scheduler)
     DefaultTrainer.__init__ = __init__

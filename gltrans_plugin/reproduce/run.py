@@ -13,8 +13,11 @@ itself leaves its trainings running (nothing can forward it).
 A run that starts again from scratch (no ``resume``, or no checkpoint to resume from) first
 moves the earlier attempt's folder to ``seed<s>.attempt<k>`` beside it, so the new training's
 ``metrics.json``, log and checkpoints are its own and nothing of the earlier attempt is lost.
+A run folder that a live training holds (its ``run.lock``, as every training takes) is not
+touched: that run fails with one line naming the folder.
 """
 import concurrent.futures
+import fcntl
 import json
 import logging
 import os
@@ -26,13 +29,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
+from ..engine.run_dir import LOCK_FILE
 from .plan import (METRICS, OUTPUT_FILE, RESULTS_FILE, RUN_INFO_FILE, Run, read_results,
                    train_command)
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Outcome", "RunsInterrupted", "STOP_SIGNALS", "execute", "fmt_metrics",
-           "fmt_seconds", "set_aside", "tail_lines"]
+           "fmt_seconds", "held_by_a_live_run", "set_aside", "tail_lines"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _POLL_S = 0.2  # how often the tool checks for a stop deadline while runs are going
@@ -96,6 +100,21 @@ def _write_json(path: str, data: dict):
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1)
     os.replace(tmp, path)
+
+
+def held_by_a_live_run(out_dir: str) -> bool:
+    """True while a training holds the run folder's lock (``LOCK_FILE``, an ``flock`` the
+    kernel drops when its process dies)."""
+    path = os.path.join(out_dir, LOCK_FILE)
+    if not os.path.isfile(path):
+        return False
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return False
 
 
 def set_aside(out_dir: str) -> Optional[str]:
@@ -209,6 +228,11 @@ def execute(runs: Sequence[Run], overrides: Sequence[str] = (), *, train_script:
     def one(i: int, run: Run) -> Outcome:
         if trainings.signum is not None:
             return Outcome(run, "not run")
+        if held_by_a_live_run(run.out_dir):
+            why = (f"{run.out_dir} is in use by a running training (its {LOCK_FILE}): wait for "
+                   f"it to end or stop it, or choose another --output")
+            logger.error("[%d/%d] %s FAILED: %s", i, len(todo), run.title, why)
+            return Outcome(run, "failed", tail=[why])
         cont = resume and os.path.isfile(os.path.join(run.out_dir, "last_checkpoint"))
         if not cont:
             moved = set_aside(run.out_dir)
@@ -283,7 +307,7 @@ def execute(runs: Sequence[Run], overrides: Sequence[str] = (), *, train_script:
                 logger.warning("%s: stopping; forwarded to the running trainings (%s), waiting "
                                "up to %g s for them to exit (a second signal kills them now).",
                                signal.Signals(trainings.signum).name,
-                               ", ".join(trainings.signalled) or "none",
+                               ", ".join(sorted(trainings.signalled)) or "none",
                                trainings.stop_timeout)
             if (trainings.deadline is not None and time.monotonic() >= trainings.deadline
                     and not killed and trainings.running()):

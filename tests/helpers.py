@@ -1,0 +1,127 @@
+"""Shared test helpers (fixtures live in conftest.py): a tiny Market-1501 folder, config key
+setters, and the config builders, one per meaning:
+
+* ``gltrans_cfg``: the shipped GLTrans recipe (Base-GLTrans.yml) with a ViT-tiny backbone,
+  for building a model in a test (no data, no training);
+* ``gltrans_small_cfg``: the synthetic demo config shrunk, for a training or a trainer set-up
+  (any dataset: pass DATASETS.NAMES for the tiny Market-1501 folder);
+* ``resnet_cfg``: fast-reid's Baseline (ResNet-18) on the tiny Market-1501 folder.
+"""
+import os
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_CONFIG = os.path.join(REPO, "configs", "GLTrans", "synthetic_demo.yml")
+BASE_CONFIG = os.path.join(REPO, "configs", "GLTrans", "Base-GLTrans.yml")
+
+
+def write_tiny_market(root, *, train_ids=8, test_ids=6, cams=3, size=(64, 32), seed=0):
+    """A tiny Market-1501 layout of coloured-noise images (identity = base colour)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    base_dir = os.path.join(root, "Market-1501-v15.09.15")
+    splits = [("bounding_box_train", range(1, train_ids + 1)),
+              ("query", range(100, 100 + test_ids)),
+              ("bounding_box_test", range(100, 100 + test_ids))]
+    colours = {}
+    for split, ids in splits:
+        os.makedirs(os.path.join(base_dir, split), exist_ok=True)
+        for pid in ids:
+            colour = colours.setdefault(pid, rng.integers(0, 255, 3))
+            for cam in range(1, cams + 1):
+                if (split == "query") != (cam == 1):
+                    continue  # query: camera 1 only; gallery: the other cameras
+                for k in range(1 if split == "query" else 2):
+                    img = np.clip(colour + rng.normal(0, 40, (*size, 3)), 0, 255).astype(np.uint8)
+                    name = f"{pid:04d}_c{cam}s1_{k:06d}_00.jpg"
+                    Image.fromarray(img).save(os.path.join(base_dir, split, name))
+    return root
+
+
+def opts_list(opts):
+    """{"KEY": value} -> fast-reid's command-line form ["KEY", "value", ...]."""
+    flat = []
+    for k, v in opts.items():
+        flat += [k, v if isinstance(v, str) else repr(v)]
+    return flat
+
+
+def set_keys(cfg, opts):
+    """Set dotted config keys ({"MODEL.BACKBONE.DEPTH": "tiny"}) on ``cfg`` as given (no
+    yacs type coercion); returns ``cfg``."""
+    for k, v in opts.items():
+        node = cfg
+        *path, last = k.split(".")
+        for p in path:
+            node = getattr(node, p)
+        setattr(node, last, v)
+    return cfg
+
+
+def gltrans_cfg(device="cpu", size=(128, 64), num_classes=8, **opts):
+    """The shipped GLTrans recipe (Base-GLTrans.yml) with a ViT-tiny backbone (D = 192, random
+    init, no drop path, 3 cameras) on ``device`` at input ``size``; ``opts``: dotted keys set as
+    given (``set_keys``)."""
+    from fastreid.config import get_cfg
+
+    from gltrans_plugin.config import add_gltrans_config
+
+    cfg = add_gltrans_config(get_cfg())
+    cfg.merge_from_file(BASE_CONFIG)
+    cfg.MODEL.BACKBONE.DEPTH = "tiny"
+    cfg.MODEL.BACKBONE.FEAT_DIM = 192
+    cfg.MODEL.BACKBONE.PRETRAIN = False
+    cfg.MODEL.BACKBONE.NUM_CAMERAS = 3
+    cfg.MODEL.BACKBONE.DROP_PATH_RATIO = 0.0
+    cfg.MODEL.HEADS.NUM_CLASSES = num_classes
+    cfg.MODEL.DEVICE = device
+    cfg.INPUT.SIZE_TRAIN = list(size)
+    cfg.INPUT.SIZE_TEST = list(size)
+    return set_keys(cfg, opts)
+
+
+def resnet_cfg(root, output_dir, **overrides):
+    """A small fast-reid Baseline (ResNet-18) config on the tiny Market-1501 layout."""
+    from gltrans_plugin.config import setup_cfg
+
+    opts = {
+        "MODEL.META_ARCHITECTURE": "Baseline",
+        "MODEL.BACKBONE.NAME": "build_resnet_backbone", "MODEL.BACKBONE.DEPTH": "18x",
+        "MODEL.BACKBONE.FEAT_DIM": 512, "MODEL.BACKBONE.PRETRAIN": False,
+        "MODEL.HEADS.NAME": "EmbeddingHead", "MODEL.HEADS.WITH_BNNECK": True,
+        "MODEL.HEADS.POOL_LAYER": "GlobalAvgPool", "MODEL.HEADS.NECK_FEAT": "before",
+        "MODEL.LOSSES.NAME": ("CrossEntropyLoss",),
+        "INPUT.SIZE_TRAIN": [64, 32], "INPUT.SIZE_TEST": [64, 32],
+        "DATASETS.NAMES": ("Market1501",), "DATASETS.TESTS": ("Market1501",),
+        "DATASETS.ROOT": root, "DATALOADER.SAMPLER_TRAIN": "NaiveIdentitySampler",
+        "DATALOADER.NUM_INSTANCE": 2, "DATALOADER.NUM_WORKERS": 0,
+        "SOLVER.OPT": "SGD", "SOLVER.BASE_LR": 0.05, "SOLVER.MAX_EPOCH": 2,
+        "SOLVER.IMS_PER_BATCH": 8, "SOLVER.SCHED": "CosineAnnealingLR",
+        "SOLVER.WARMUP_ITERS": 0, "SOLVER.CHECKPOINT_PERIOD": 1, "SOLVER.LOG_PERIOD": 1,
+        "TEST.EVAL_PERIOD": 2, "TEST.IMS_PER_BATCH": 16, "TEST.EVALUATOR": "fastreid",
+        "OUTPUT_DIR": output_dir, "SEED": 0,
+    }
+    opts.update(overrides)
+    return setup_cfg("", opts_list(opts))
+
+
+
+
+def gltrans_small_cfg(root, output_dir, **overrides):
+    """The shipped synthetic demo config, shrunk: 64x32 images, a small synthetic set."""
+    from gltrans_plugin.config import setup_cfg
+
+    opts = {
+        "DATASETS.ROOT": root, "OUTPUT_DIR": output_dir,
+        "DATASETS.SYNTHETIC.NUM_TRAIN_IDS": 16, "DATASETS.SYNTHETIC.NUM_TEST_IDS": 16,
+        "DATASETS.SYNTHETIC.NUM_CAMERAS": 3, "DATASETS.SYNTHETIC.IMAGES_PER_ID_CAM": 3,
+        "DATASETS.SYNTHETIC.HEIGHT": 64, "DATASETS.SYNTHETIC.WIDTH": 32,
+        "INPUT.SIZE_TRAIN": [64, 32], "INPUT.SIZE_TEST": [64, 32], "INPUT.PADDING.SIZE": 2,
+        "DATALOADER.NUM_WORKERS": 0, "SOLVER.IMS_PER_BATCH": 16, "SOLVER.LOG_PERIOD": 10,
+        "TEST.EVAL_BEFORE_TRAIN": False, "SOLVER.MAX_EPOCH": 2, "TEST.EVAL_PERIOD": 2,
+        "SOLVER.CHECKPOINT_PERIOD": 1,
+    }
+    opts.update(overrides)
+    return setup_cfg(DEMO_CONFIG, opts_list(opts))
