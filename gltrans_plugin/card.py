@@ -165,8 +165,8 @@ def _sie(cfg, model):
     bb = cfg.MODEL.BACKBONE
     rows = None
     table = getattr(getattr(model, "backbone", None), "sie_embed", None)
-    if table is not None:
-        rows = int(table.shape[0])
+    if model is not None:  # the built table; 0: the model has none (a backbone without SIE)
+        rows = int(table.shape[0]) if table is not None else 0
     elif bb.SIE_CAMERA or bb.SIE_VIEW:
         rows = (int(bb.NUM_CAMERAS) if bb.SIE_CAMERA else 1) * (int(bb.NUM_VIEWS)
                                                                if bb.SIE_VIEW else 1)

@@ -219,6 +219,7 @@ class ExportModule(nn.Module):
         self.convention = INPUT_CONVENTIONS[contract.input]
         self.camera = _camera_policy(model, contract.camera)
         self.normalize = bool(contract.normalize)
+        self.preprocess = str(contract.preprocess)
         c = self.convention
         self.identity_input = c.scale == 1.0 and c.mean == (0.0,) * 3 and c.std == (1.0,) * 3
         gain = torch.tensor(c.std, dtype=torch.float32) / c.scale
@@ -319,7 +320,7 @@ def contract_metadata(module: ExportModule, cfg, fmt: str, feature_dim: int,
         "model_name": "gltrans" if cfg.MODEL.META_ARCHITECTURE == "GLTrans"
         else str(cfg.MODEL.META_ARCHITECTURE).lower(),
         "img_size": [h, w],
-        "preprocess": "resize",
+        "preprocess": module.preprocess,
         "model_kwargs_schema_version": 1,
         "model_kwargs": {"img_size": [h, w]},
         # the contract

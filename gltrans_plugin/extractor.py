@@ -12,40 +12,32 @@ equals the evaluator's feature of that file.  Any model ``engine.load_model`` bu
 (GLTrans, fast-reid's ``Baseline``, ...).  Inputs are checked, not guessed: an empty crop,
 NaN / infinite values, a float tensor in 0..1 (the model takes 0..255; ``value_range=1`` says
 so), a folder given as an image are errors naming the image; features that come out NaN /
-infinite are an error naming the images and the weights.  Also here: the image listing,
-list-file reading and Market-style camera-id parsing the feature and search tools share.
+infinite are an error naming the images and the weights.  The tools' image listing, list
+files and camera ids from file names are in ``data.listing``.
 """
 import logging
 import numbers
 import os
-import re
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .data.datasets import DatasetError, parse_market_name
-from .data.folder import IMAGE_EXTENSIONS
-from .errors import CorruptImageError, UserError
+from .data.listing import ImageInputError
+from .errors import CorruptImageError
 from .evaluation.index import check_finite_features
+from .evaluation.inference import batch_features
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FeatureExtractor", "IMAGE_EXTENSIONS", "ImageInputError", "camids_from_names",
-           "image_camids", "list_images", "per_image_ids", "read_image_list"]
-
-CAMID_STYLES = ("market",)
+__all__ = ["FeatureExtractor", "ImageInputError", "per_image_ids"]
 
 _INPUT_TYPES = ("a file path, a PIL image, an H x W x 3 uint8 numpy array (RGB, or BGR with "
                 "bgr=True), a 3 x H x W / B x 3 x H x W float tensor of 0..255 values, or a "
                 "list of these")
 VALUE_RANGES = (255, 1)  # what a float tensor's pixel values span: 0..255 (fast-reid) or 0..1
-
-
-class ImageInputError(UserError, ValueError):
-    """An image given to the extractor or a tool that it cannot use as it is."""
 
 
 class FeatureExtractor:
@@ -55,9 +47,9 @@ class FeatureExtractor:
     trained checkpoint (else the config's MODEL.WEIGHTS).  Class and camera-table sizes are
     read from the checkpoint; the ImageNet file and the dataset folders are never read.
     ``device``: "auto" (CUDA when present), "cpu", "cuda", "cuda:N".  ``batch_size`` images per
-    forward; ``amp``: autocast on CUDA (bf16 where supported, else fp16; SOLVER.AMP.DTYPE
-    chooses when set), ignored on CPU; ``flip_test``: mean with the horizontally flipped image's
-    feature (as TEST.FLIP.ENABLED in evaluation); ``normalize``: L2-normalise every feature;
+    forward; ``amp``: autocast on CUDA in SOLVER.AMP.DTYPE (``devices.amp_dtype``: "auto" is
+    bf16 where the GPU supports it, else fp16), ignored on CPU; ``flip_test``: mean with the
+    horizontally flipped image's feature (as TEST.FLIP.ENABLED in evaluation); ``normalize``: L2-normalise every feature;
     ``bgr``: numpy arrays are BGR (OpenCV ``imread``, most trackers' crops) unless a call says
     otherwise.  ``opts``: config overrides ``[KEY, VALUE, ...]``.
 
@@ -125,22 +117,24 @@ class FeatureExtractor:
         n = len(items)
         cams = per_image_ids(camids, n, "camids")
         views = per_image_ids(viewids, n, "viewids")
-        starts = range(0, n, self.batch_size)
-        if progress:
-            from tqdm import tqdm
+        spans = [(s, min(n, s + self.batch_size)) for s in range(0, n, self.batch_size)]
 
-            starts = tqdm(starts, desc="features", unit="batch", leave=False)
+        def batches():
+            for s, e in spans:
+                batch = torch.stack([self._load(items[i], i, bgr, value_range)
+                                     for i in range(s, e)])
+                inputs = {"images": batch.to(self.device)}
+                if cams is not None:
+                    inputs["camids"] = cams[s:e].to(self.device)
+                if views is not None:
+                    inputs["viewids"] = views[s:e].to(self.device)
+                yield inputs
+
         out = []
-        for s in starts:
-            e = min(n, s + self.batch_size)
-            batch = torch.stack([self._load(items[i], i, bgr, value_range)
-                                 for i in range(s, e)])
-            inputs = {"images": batch.to(self.device)}
-            if cams is not None:
-                inputs["camids"] = cams[s:e].to(self.device)
-            if views is not None:
-                inputs["viewids"] = views[s:e].to(self.device)
-            out.append(self._forward(inputs))
+        found = batch_features(self.model, batches(), self.flip_test, progress=progress,
+                               total=len(spans), forward_context=self._autocast)
+        for (s, e), (_, feats) in zip(spans, found):
+            out.append(self._test_features(feats))
             check_finite_features(out[-1], [_name(items[i], i) for i in range(s, e)],
                                   self.cfg.MODEL.WEIGHTS)
         feats = torch.cat(out)
@@ -155,12 +149,8 @@ class FeatureExtractor:
         return self._load(items[0], 0, self.bgr if bgr is None else bool(bgr), value_range)
 
     # ------------------------------------------------------------------ internals
-    @torch.no_grad()
-    def _forward(self, inputs):
-        from .evaluation.inference import flip_features
-
-        with self._autocast():
-            feats = flip_features(self.model, inputs, self.flip_test)
+    def _test_features(self, feats):
+        """The model's eval output -> B x D float32 CPU features (checked)."""
         if isinstance(feats, dict):  # a model returning named outputs: its test feature
             feats = feats.get("features", feats)
         if not torch.is_tensor(feats) or feats.dim() != 2:
@@ -172,12 +162,11 @@ class FeatureExtractor:
     def _autocast(self):
         import contextlib
 
+        from .devices import amp_dtype
+
         if not (self.amp and self.device.type == "cuda"):
             return contextlib.nullcontext()
-        dtype = str(getattr(getattr(self.cfg.SOLVER, "AMP", None), "DTYPE", "auto"))
-        if dtype == "auto":
-            dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return torch.autocast("cuda", dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
+        return torch.autocast("cuda", dtype=amp_dtype(self.cfg.SOLVER.AMP.DTYPE, self.device))
 
     def _load(self, item, i, bgr, value_range=255):
         if isinstance(item, (str, os.PathLike)):
@@ -339,91 +328,3 @@ def per_image_ids(ids, n: int, name: str = "camids") -> Optional[torch.Tensor]:
             raise ValueError(f"{name}[{j}] = {c!r}: ids are 0-based ints (None or -1: not "
                              f"known).")
     return torch.tensor(out, dtype=torch.long)
-
-
-# ---------------------------------------------------------------------- inputs of the tools
-def list_images(folder: str) -> List[str]:
-    """Absolute paths of every image (``IMAGE_EXTENSIONS``, any case) under ``folder``,
-    recursively, sorted."""
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(2, "image folder not found", folder)
-    out = []
-    for d, dirs, files in os.walk(folder):
-        dirs.sort()
-        out += [os.path.join(d, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
-    for p in out:
-        _check_link(p)
-    return sorted(os.path.abspath(p) for p in out)
-
-
-def _check_link(path):
-    """An image path that is a symbolic link must lead to a file."""
-    import errno
-
-    if not os.path.islink(path):
-        return
-    try:
-        os.stat(path)
-    except OSError as e:
-        why = ("loops (it leads back to itself)" if e.errno == errno.ELOOP
-               else f"points to {os.readlink(path)}, which does not exist")
-        raise ImageInputError(f"broken symbolic link: it {why}", os.path.abspath(path),
-                              "fix its target or remove the link") from None
-
-
-def read_image_list(list_file: str):
-    """(absolute paths, camids or None per line) of a list file: one image path per line,
-    optionally followed by whitespace (or a tab) and an integer camera id; blank lines and
-    lines starting with ``#`` are skipped; relative paths are relative to the list file's
-    folder.  UTF-8 with or without a byte-order mark, any line ends; bytes that are not UTF-8
-    are kept (surrogate escapes), so such file names still open.  An image listed twice is a
-    ``DatasetError`` naming both lines (its features would be counted twice)."""
-    base = os.path.dirname(os.path.abspath(list_file))
-    paths, cams, seen = [], [], {}
-    with open(list_file, encoding="utf-8-sig", errors="surrogateescape") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            path, cam = line, None
-            parts = line.rsplit("\t", 1) if "\t" in line else line.rsplit(None, 1)
-            if len(parts) == 2 and re.fullmatch(r"-?\d+", parts[1].strip()):
-                path, cam = parts[0].strip(), int(parts[1])
-            path = os.path.normpath(os.path.join(base, os.path.expanduser(path)))
-            first = seen.setdefault(path, n)
-            if first != n:
-                raise DatasetError(f"image {path} is listed twice, on lines {first} and {n}",
-                                   f"{list_file}:{n}", "remove one of the two lines")
-            paths.append(path)
-            cams.append(cam)
-    if not paths:
-        raise ValueError(f"{list_file}: no image paths in the list file (one path per line, "
-                         f"optionally followed by a camera id).")
-    return paths, cams
-
-
-def image_camids(paths, list_camids, camid=None, camid_from_name=None):
-    """One camera id per image of ``paths`` (None = not known): the list file's
-    (``list_camids``, or None), else ``camid``, else parsed from the name (``camid_from_name``
-    a ``CAMID_STYLES`` style); None when no image has one."""
-    n = len(paths)
-    cams = list(list_camids) if list_camids is not None else [None] * n
-    missing = [i for i, c in enumerate(cams) if c is None]
-    if missing and camid is not None:
-        for i in missing:
-            cams[i] = int(camid)
-    elif missing and camid_from_name:
-        parsed = camids_from_names([paths[i] for i in missing], camid_from_name)
-        for i, c in zip(missing, parsed):
-            cams[i] = c
-    return None if all(c is None for c in cams) else cams
-
-
-def camids_from_names(paths: Sequence[str], style: str = "market") -> List[int]:
-    """0-based camera ids parsed from file names: ``market`` = Market-1501 / DukeMTMC names
-    ``<pid>_c<cam>...`` (camera 3 -> 2, c10 -> 9; ``datasets.parse_market_name``)."""
-    if style not in CAMID_STYLES:
-        raise ValueError(f"camera-id style {style!r}: use one of {CAMID_STYLES}.")
-    fix = ("no camera id can be read from its name: give --camid N, or a list file with a "
-           "camera-id column")
-    return [parse_market_name(p, naming="Market-1501 / DukeMTMC", fix=fix)[1] for p in paths]

@@ -108,7 +108,8 @@ def _camid_list(camids, n):
 def image_sources(queries: Sequence[str]) -> List[str]:
     """Query arguments (image files and / or folders, searched recursively) -> absolute image
     paths, in the order given."""
-    from .extractor import IMAGE_EXTENSIONS, list_images
+    from .data.folder import IMAGE_EXTENSIONS
+    from .data.listing import list_images
 
     out = []
     for q in queries:
@@ -208,7 +209,8 @@ def write_html(results: List[dict], html_path: str, thumbnails: str = "relative"
         qcam = q.get("camid", -1)
         for h in q["results"]:
             same = qcam is not None and qcam >= 0 and h.get("camid", -1) == qcam
-            cap = (f"<b>#{h['rank']}</b> d={h['distance']:.4f}<br>{_cam_text(h.get('camid'))}")
+            d = max(float(h["distance"]), 0.0)  # float noise of 1 - cos(x, x) shows as -0.0
+            cap = f"<b>#{h['rank']}</b> d={d:.4f}<br>{_cam_text(h.get('camid'))}"
             if "match" in h:  # identities known: right / wrong, same camera in the caption
                 cap += " (same camera)" if same else ""
                 cells.append(figure(h["path"], cap, "right" if h["match"] else "wrong"))

@@ -74,6 +74,7 @@ def _rel(a, b):
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
+@pytest.mark.slow
 def test_input_conventions_give_the_same_feature_and_metadata_says_so(run, tmp_path):
     import onnx
 
@@ -154,6 +155,7 @@ def test_camera_ids_need_an_sie_table(tmp_path):
         export_onnx(model, str(tmp_path / "x.onnx"), _pixels(1), torch.tensor([0]))
 
 
+@pytest.mark.slow
 def test_bad_policies_and_a_failed_check_leave_no_file(run, tmp_path, monkeypatch):
     from gltrans_plugin import export
     from gltrans_plugin.errors import UserError

@@ -232,7 +232,7 @@ def test_extractor_errors_say_what_and_how_to_fix(gl, gl_extractor, tmp_path):
 
 
 def test_image_listing_list_file_and_market_names(tmp_path):
-    from gltrans_plugin.extractor import camids_from_names, list_images, read_image_list
+    from gltrans_plugin.data.listing import camids_from_names, list_images, read_image_list
 
     for rel in ("b/0002_c3s1_000001_00.JPG", "a/0001_c1s1_000001_00.png", "a/x/y.bmp",
                 "c.jpeg", "notes.txt", "a/x/z.gif"):

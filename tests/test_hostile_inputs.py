@@ -1,6 +1,6 @@
 """A hostile but realistic user: names, damaged files, configs, list files, index folders and
-odd images.  One test per case of the bad-input table in docs/reliability.md ("Names, files
-and images"); each asserts the one line the user gets (or that the input now works)."""
+odd images.  One test per case of the table "Names, damaged files, configs and images" in
+docs/reliability.md; each asserts the one line the user gets (or that the input now works)."""
 import errno
 import json
 import logging
@@ -79,7 +79,7 @@ def test_market_reader_camera_c10_is_an_error_naming_the_file(tmp_path):
 
 def test_every_reader_parses_market_names_alike(tmp_path):
     from gltrans_plugin.data.folder import read_market_folder
-    from gltrans_plugin.extractor import camids_from_names
+    from gltrans_plugin.data.listing import camids_from_names
 
     names = ["0001_c01s1_000001_00.jpg", "0002_c3s1_000001_00.jpg"]
     for n in names:
@@ -195,6 +195,7 @@ def tiny_run(tmp_path_factory):
     return str(out / "config.yaml"), str(out / "model.pth")
 
 
+@pytest.mark.slow
 def test_extract_features_non_utf8_name_end_to_end(tiny_run, tmp_path, capsys):
     import extract_features
 
@@ -354,7 +355,7 @@ def test_missing_base_is_relative_to_the_including_file(tmp_path, monkeypatch):
 # ============================================================================ list files
 def test_list_files_with_bom_and_crlf_are_read(tmp_path):
     from gltrans_plugin.data.folder import read_list
-    from gltrans_plugin.extractor import read_image_list
+    from gltrans_plugin.data.listing import read_image_list
 
     _image(tmp_path / "a.jpg")
     _image(tmp_path / "b.jpg")
@@ -368,7 +369,7 @@ def test_list_files_with_bom_and_crlf_are_read(tmp_path):
 
 def test_duplicate_list_lines_warn_in_train_and_fail_in_test(tmp_path, caplog):
     from gltrans_plugin.data.folder import ReIDFolder
-    from gltrans_plugin.extractor import read_image_list
+    from gltrans_plugin.data.listing import read_image_list
 
     _image(tmp_path / "a.jpg")
     _image(tmp_path / "b.jpg")
@@ -505,7 +506,7 @@ def test_folder_given_as_an_image_is_named(mean_extractor, tmp_path):
 
 @pytest.mark.parametrize("case", ["dangling", "self-looping"])
 def test_broken_symlink_in_a_folder_is_named(tmp_path, case):
-    from gltrans_plugin.extractor import ImageInputError, list_images
+    from gltrans_plugin.data.listing import ImageInputError, list_images
 
     _image(tmp_path / "a.jpg")
     link = tmp_path / "b.jpg"

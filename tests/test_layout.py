@@ -14,8 +14,8 @@ PKG = os.path.join(REPO, "gltrans_plugin")
 # Rooms from the bottom up: a room may import only rooms of a lower level (docs/layout.md).
 LEVELS = {
     "errors": 0, "devices": 0, "cli": 0, "compat": 0,
-    "checkpoint": 1, "config": 1, "evaluation": 1, "solver": 1,
-    "distributed": 2,
+    "checkpoint": 1, "config": 1, "solver": 1,
+    "distributed": 2, "evaluation": 2,
     "data": 3, "modeling": 3,
     "checks": 4, "card": 4,
     "loading": 5, "engine": 5,
@@ -25,6 +25,8 @@ LEVELS = {
     "__init__": 9,
     "reproduce": 10, "search": 10,
 }
+
+
 def _modules():
     for d, _, files in os.walk(PKG):
         for f in sorted(files):

@@ -107,7 +107,7 @@ def test_tag_hf_hub_and_local_dir_load_exactly_the_file_tensors(filled, tmp_path
     assert card["sha256"] == hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
-def test_backbone_config_names_a_tag_and_a_cache_key(offline, tmp_path, monkeypatch):
+def test_backbone_config_names_a_tag_and_a_cache_key(offline, tmp_path, caplog):
     from fastreid.modeling.backbones import build_backbone
     from huggingface_hub import constants
 
@@ -126,7 +126,11 @@ def test_backbone_config_names_a_tag_and_a_cache_key(offline, tmp_path, monkeypa
     with pytest.raises(PretrainedWeightsError, match="not in the Hugging Face cache"):
         build_backbone(cfg)  # the default cache (HF_HUB_CACHE) is empty
     cfg.MODEL.BACKBONE.PRETRAIN_CACHE = str(elsewhere)
-    model = build_backbone(cfg)
+    cfg.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]  # ImageNet's; the tag was trained with 0.5
+    with caplog.at_level("WARNING", logger="gltrans_plugin.modeling.weights"):
+        model = build_backbone(cfg)
+    assert (f"differ from the normalisation {TAG} was trained with, [0.5, 0.5, 0.5] / "
+            f"[0.5, 0.5, 0.5]: set MODEL.PIXEL_MEAN [127.5, 127.5, 127.5]") in caplog.text
     assert torch.equal(model.blocks[0].mlp.fc1.weight, state["blocks.0.mlp.fc1.weight"])
     assert torch.equal(model.cls_norms[0].weight, state["norm.weight"])
     assert constants.HF_HUB_CACHE == str(offline)  # the key did not move the global cache

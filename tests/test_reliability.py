@@ -460,11 +460,8 @@ def test_pickled_pretrained_file_needs_the_env_opt_in(tmp_path, monkeypatch, cap
     model = build_model(cfg)
     assert torch.equal(model.backbone.pos_embed, vit.pos_embed)
     monkeypatch.delenv("GLTRANS_ALLOW_PICKLE")
-    cfg.MODEL.BACKBONE.ALLOW_PICKLE = True  # the deprecated key still loads, with a warning
-    with caplog.at_level("WARNING", logger="gltrans_plugin.modeling.backbone"):
-        model = build_model(cfg)
-    assert torch.equal(model.backbone.pos_embed, vit.pos_embed)
-    assert "MODEL.BACKBONE.ALLOW_PICKLE is deprecated" in caplog.text
+    with pytest.raises(KeyError, match="MODEL.BACKBONE.ALLOW_PICKLE"):  # the old key is gone
+        cfg.merge_from_list(["MODEL.BACKBONE.ALLOW_PICKLE", "True"])
 
 
 def test_pickled_training_checkpoint_needs_env_opt_in(tmp_path, monkeypatch):

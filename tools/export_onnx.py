@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-r"""Export a trained model for a deployment client: ONNX and / or TorchScript, one image input
-in the client's convention, the camera policy baked in, metadata inside and beside the file,
-checked against torch.
+r"""Export a trained model for a deployment client (ONNX / TorchScript), checked against torch.
+
+One image input in the client's convention, the camera policy baked in, metadata inside and
+beside the file.
 
     python tools/export_onnx.py --config-file logs/run/config.yaml \
         --weights logs/run/model_final.pth --output gltrans.onnx --preset boxmot

@@ -124,8 +124,8 @@ def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import gltrans_plugin  # noqa: F401  (compat + registrations)
-    from gltrans_plugin.extractor import (FeatureExtractor, image_camids, list_images,
-                                          read_image_list)
+    from gltrans_plugin.data.listing import image_camids, list_images, read_image_list
+    from gltrans_plugin.extractor import FeatureExtractor
 
     check_output(args.output, args.output_dir)  # before any work
     if args.input:

@@ -93,7 +93,8 @@ def parse_args(argv=None):
 
 
 def run_index(args):
-    from gltrans_plugin.extractor import FeatureExtractor, image_camids, list_images
+    from gltrans_plugin.data.listing import image_camids, list_images
+    from gltrans_plugin.extractor import FeatureExtractor
     from gltrans_plugin.search import build_index
 
     paths = list_images(args.gallery)
@@ -117,7 +118,8 @@ def run_index(args):
 
 def run_query(args):
     from gltrans_plugin.evaluation.index import RetrievalIndex
-    from gltrans_plugin.extractor import FeatureExtractor, image_camids
+    from gltrans_plugin.data.listing import image_camids
+    from gltrans_plugin.extractor import FeatureExtractor
     from gltrans_plugin.search import image_sources, query_index, write_html, write_json
 
     if args.topk < 1:

@@ -13,8 +13,8 @@ r"""Datasets registered into fast-reid's ``DATASET_REGISTRY`` and dataset-root h
   and the tools' ``--camid-from-name``.  Any number of camera digits (``c10`` is camera 10;
   fast-reid's own pattern ``([-\d]+)_c(\d)`` reads it as camera 1); a name that breaks the rule
   or a camera / pid outside the set's range is a ``DatasetError`` naming the file.
-- ``reader_names_checked`` (a ``compat.fix``): fast-reid's Market-1501 / DukeMTMC readers parse
-  names with ``parse_market_name`` (same items, same ranges and junk rule as fast-reid's), so a
+- ``use_market_name_parser`` (applied by the runtime patch ``reader_names_checked``): fast-reid's
+  Market-1501 / DukeMTMC readers parse names with ``parse_market_name`` (same items, same ranges and junk rule as fast-reid's), so a
   bad name is one line naming the file instead of ``AttributeError: 'NoneType' object has no
   attribute 'groups'``, a bare ``AssertionError`` or a silently misread camera.
 - ``check_train_set`` / ``check_image_headers``: an empty training folder, and test images
@@ -33,7 +33,6 @@ from fastreid.data.datasets.bases import ImageDataset
 from fastreid.data.datasets.market1501 import Market1501
 from fastreid.data.datasets.msmt17 import MSMT17, TEST_DIR_KEY, TRAIN_DIR_KEY, VERSION_DICT
 
-from ..compat import fix
 from ..errors import UserError
 from .synthetic import DEFAULTS, generate_synthetic_reid
 
@@ -50,8 +49,9 @@ __all__ = [
     "DatasetError",
     "MARKET_NAME",
     "parse_market_name",
-    "reader_names_checked",
+    "read_reader_dir",
     "synthetic_kwargs",
+    "use_market_name_parser",
     "unseen_camera",
 ]
 
@@ -311,13 +311,12 @@ def read_reader_dir(dataset, reader, dir_path, is_train=True):
     return data
 
 
-@fix
-def reader_names_checked():
-    # fastreid/data/datasets/market1501.py, dukemtmcreid.py: process_dir reads names with
-    # re.search(r"([-\d]+)_c(\d)", path): camera c10 is read as camera 1 and trains silently,
-    # and a bad name fails with AttributeError or a bare AssertionError.  Market1501.process_dir
-    # and DukeMTMC.process_dir (and so every subclass, SyntheticReID included) now read names
-    # with parse_market_name, the plugin's one Market-style name reader.
+def use_market_name_parser():
+    """Make fast-reid's Market-1501 / DukeMTMC readers read names with ``parse_market_name``
+    (``Market1501.process_dir`` / ``DukeMTMC.process_dir``, and so every subclass,
+    SyntheticReID included): fast-reid's own ``re.search(r"([-\\d]+)_c(\\d)", path)`` reads
+    camera c10 as camera 1 (it trains silently), and a bad name fails with ``AttributeError``
+    or a bare ``AssertionError``."""
     from fastreid.data.datasets.dukemtmcreid import DukeMTMC
 
     for reader, cls in (("Market1501", Market1501), ("DukeMTMC", DukeMTMC)):

@@ -125,15 +125,12 @@ class RetrievalIndex:
                  for j, d in zip(ir, dr) if j >= 0] for ir, dr in zip(idx, dist)]
 
     def save(self, folder: str):
-        """Write ``index.faiss`` and ``meta.json`` into ``folder`` (each atomically)."""
+        """Write ``index.faiss`` and ``meta.json`` into ``folder``."""
         import faiss
 
-        from ..checkpoint import atomic_open
-
         os.makedirs(folder, exist_ok=True)
-        with atomic_open(os.path.join(folder, "index.faiss")) as f:  # each file whole or old
-            f.write(faiss.serialize_index(self.index).tobytes())
-        with atomic_open(os.path.join(folder, "meta.json"), "w") as f:
+        faiss.write_index(self.index, os.path.join(folder, "index.faiss"))
+        with open(os.path.join(folder, "meta.json"), "w") as f:
             json.dump({"metric": self.metric, "dim": self.dim, "paths": self.paths,
                        "pids": self.pids.tolist(), "camids": self.camids.tolist(),
                        "info": self.info}, f)
@@ -156,9 +153,10 @@ class RetrievalIndex:
         meta = _read_meta(meta_path)
         try:
             index = faiss.read_index(index_path)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[-1][:160] if str(e).strip() else "RuntimeError"
-            raise IndexFolderError(f"index.faiss cannot be read, truncated or damaged ({first})",
+        except RuntimeError as e:  # faiss: "Error in ... failed: read error in <file>: 5 != 160"
+            why = str(e).replace(index_path, "the file").rsplit("failed: ", 1)[-1].strip()
+            raise IndexFolderError(f"index.faiss cannot be read, truncated or damaged (faiss: "
+                                   f"{why.splitlines()[0][:120] if why else 'RuntimeError'})",
                                    index_path, _REBUILD) from None
         n = len(meta["paths"])
         if index.d != meta["dim"]:

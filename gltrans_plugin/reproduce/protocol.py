@@ -125,11 +125,13 @@ class RecipeFile:
         return next(r for r in self.recipes if r.name == name)
 
 
-def _ints(value, key: str, path: str) -> Tuple[int, ...]:
-    values = value if isinstance(value, (list, tuple)) else [value]
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise ProtocolError(f"{key} {value!r}: not a list of integers", path,
-                            f"e.g. {key}: [1, 2, 3]")
+def _ints(value, key: str, path: str, one: bool = False) -> Tuple[int, ...]:
+    """The integers of ``key`` (a list, or one integer; ``one``: exactly one integer)."""
+    values = [value] if one or not isinstance(value, (list, tuple)) else value
+    if (one and isinstance(value, (list, tuple))) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ProtocolError(f"{key} {value!r}: not {'an integer' if one else 'integers'}", path,
+                            f"e.g. {key}: {'4' if one else '[1, 2, 3]'}")
     return tuple(values)
 
 
@@ -204,8 +206,8 @@ def read_recipes(path: str, presets: Optional[Mapping[str, str]] = None) -> Reci
                               tuple(opts.items())))
     grid = Grid(_ints(data.get("sets", [1, 2, 3]), "sets", path),
                 _ints(data.get("seeds", [0, 1, 2]), "seeds", path),
-                int(data.get("val_ids", 0)), int(data.get("val_seed", 0)),
-                int(data.get("eval_period", 4))).checked(path)
+                *(_ints(data.get(k, d), k, path, one=True)[0] for k, d in (
+                    ("val_ids", 0), ("val_seed", 0), ("eval_period", 4)))).checked(path)
     return RecipeFile(path, tuple(recipes), grid)
 
 
@@ -218,6 +220,11 @@ def set_root(output: str, set_seed: int) -> str:
 
 def _set_folder(recipe: Recipe, set_seed: int) -> str:
     return f"{recipe.name}/set{set_seed}"
+
+
+def _row_set(row: Row) -> int:
+    """The set of a ``grid_rows`` row (named ``<recipe>/set<k>``)."""
+    return int(row.name.rsplit("/set", 1)[1])
 
 
 def recipe_values(recipe: Recipe, grid: Grid, set_seed: int, output: str) -> Dict[str, Any]:
@@ -316,8 +323,8 @@ def plan_grid(rf: RecipeFile, grid: Grid, output: str):
     rows = grid_rows(rf, grid, output)
     for row in rows:
         recipe = rf.recipe(row.label)
-        set_seed = int(row.name.rsplit("/set", 1)[1])
-        _write_recipe_config(row.config, recipe, recipe_values(recipe, grid, set_seed, output))
+        _write_recipe_config(row.config, recipe,
+                             recipe_values(recipe, grid, _row_set(row), output))
     return rows, plan(rows, grid.seeds, output)
 
 
@@ -354,8 +361,8 @@ def check_recipes(rf: RecipeFile, grid: Grid, opts: Sequence[str] = ()):
                 f"DATASETS.SYNTHETIC.SEED)", where,
                 f"decide on other sets: remove {own} from sets")
     if len(grid.sets) < 3 or len(grid.seeds) < 3:
-        logger.warning("%d set(s) x %d seed(s): fewer than 3 of each; the intervals are wide "
-                       "or missing.", len(grid.sets), len(grid.seeds))
+        logger.warning("%d set(s) x %d seed(s): with fewer than 3 sets or seeds the intervals "
+                       "are wide or missing.", len(grid.sets), len(grid.seeds))
 
 
 # ---------------------------------------------------------------------- run
@@ -383,7 +390,7 @@ def run_grid(runs, opts: Sequence[str] = (), *, train_script: str, keep_checkpoi
         if not keep_checkpoints:
             freed = sum(prune(r.out_dir) for r in runs)
             if freed:
-                logger.info("Deleted the finished runs' periodic checkpoints (%.0f MB; "
+                logger.info("Deleted the finished runs' periodic checkpoints (%.1f MB; "
                             "model_best.pth and model_final.pth kept).", freed / 2 ** 20)
 
     try:
@@ -424,9 +431,8 @@ def collect_grid(rf: RecipeFile, grid: Grid, output: str) -> List[RunResult]:
     rows = grid_rows(rf, grid, output)
     out = []
     for row, summary in zip(rows, collect(rows, list(grid.seeds), output)):
-        set_seed = int(row.name.rsplit("/set", 1)[1])
         for seed in grid.seeds:
-            res = RunResult(row.label, set_seed, seed, "missing")
+            res = RunResult(row.label, _row_set(row), seed, "missing")
             if seed in summary.metrics:
                 res.status = "ok"
                 res.values = {k: v for k, v in summary.metrics[seed].items() if k in METRICS}
@@ -556,7 +562,7 @@ def _fmt(s: Stat, signed: bool = False) -> str:
     return out
 
 
-def _interval_note(results: Sequence[RunResult], grid: Grid) -> str:
+def _interval_note(results: Sequence[RunResult]) -> str:
     sets = sorted({r.set for r in results if r.status == "ok"})
     if len(sets) > 1:
         return (f"[low, high]: 95% Student-t interval over the per-set means (each set's mean "
@@ -601,10 +607,12 @@ def markdown_report(results: Sequence[RunResult], rf: RecipeFile, grid: Grid,
         val = recipe_stat(results, decision.picked, "val_map")
         text = f"**Picked on validation mAP: `{decision.picked}`** (validation mAP {_fmt(val)})"
         if decision.runner_up:
-            beyond = ("beyond the 95% interval" if decision.lead.excludes_zero else
+            beyond = ("no interval (one run each)" if decision.lead.low is None else
+                      "beyond the 95% interval" if decision.lead.excludes_zero else
                       "within the 95% interval: on this evidence a tie")
+            test = paired(results, decision.picked, decision.runner_up, "mAP")
             text += (f"; ahead of `{decision.runner_up}` by {_fmt(decision.lead, True)} on the "
-                     f"same sets and seeds, {beyond}")
+                     f"same sets and seeds, {beyond} (on test mAP: {_fmt(test, True)})")
         lines.append(text + ".")
     if decision.incomplete:
         lines.append(f"Not considered (runs missing or failed): "
@@ -618,7 +626,7 @@ def markdown_report(results: Sequence[RunResult], rf: RecipeFile, grid: Grid,
         stats = [_fmt(recipe_stat(results, name, m)) for m in METRICS]
         lines.append(f"| `{name}` | {about} | {_status(results, name)} | {stats[0]} | "
                      f"{_epochs(results, name)} | {' | '.join(stats[1:])} |")
-    lines += ["", "Percent; mean " + _interval_note(results, grid) + ". Chosen epoch: median "
+    lines += ["", "Percent; mean " + _interval_note(results) + ". Chosen epoch: median "
               "(range) of the epochs whose checkpoint validation picked.", ""]
     if len(names) > 1:
         lines += ["## Paired differences (same set and seed)", "",
@@ -630,7 +638,7 @@ def markdown_report(results: Sequence[RunResult], rf: RecipeFile, grid: Grid,
             lines.append(f"| `{a}` - `{b}` | {stats['val_map'].runs} | "
                          + " | ".join(_fmt(stats[m], True) for m in PAIR_METRICS)
                          + f" | {', '.join(beyond) or 'none'} |")
-        lines += ["", "Mean difference " + _interval_note(results, grid).replace(
+        lines += ["", "Mean difference " + _interval_note(results).replace(
             "per-set means (each set's mean", "per-set mean differences (each set's mean") + ".",
             ""]
     lines += ["## Per set (mean over seeds): val mAP / test mAP", "",
