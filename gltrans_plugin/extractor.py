@@ -46,12 +46,12 @@ class FeatureExtractor:
     ``config_file``: a run's ``OUTPUT_DIR/config.yaml`` or a leaf config; ``weights``: the
     trained checkpoint (else the config's MODEL.WEIGHTS).  Class and camera-table sizes are
     read from the checkpoint; the ImageNet file and the dataset folders are never read.
-    ``device``: "auto" (CUDA when present), "cpu", "cuda", "cuda:N".  ``batch_size`` images per
+    ``device``: "auto" (CUDA when present), "cpu", "cuda", "cuda:N". ``batch_size`` images per
     forward; ``amp``: autocast on CUDA in SOLVER.AMP.DTYPE (``devices.amp_dtype``: "auto" is
     bf16 where the GPU supports it, else fp16), ignored on CPU; ``flip_test``: mean with the
-    horizontally flipped image's feature (as TEST.FLIP.ENABLED in evaluation); ``normalize``: L2-normalise every feature;
-    ``bgr``: numpy arrays are BGR (OpenCV ``imread``, most trackers' crops) unless a call says
-    otherwise.  ``opts``: config overrides ``[KEY, VALUE, ...]``.
+    horizontally flipped image's feature (as TEST.FLIP.ENABLED in evaluation); ``normalize``:
+    L2-normalise every feature; ``bgr``: numpy arrays are BGR (OpenCV ``imread``, most trackers'
+    crops) unless a call says otherwise. ``opts``: config overrides ``[KEY, VALUE, ...]``.
 
     ``extractor(images, camids=None, viewids=None, bgr=None)`` -> N x D float32 CPU tensor.
     """

@@ -14,9 +14,10 @@ r"""Datasets registered into fast-reid's ``DATASET_REGISTRY`` and dataset-root h
   fast-reid's own pattern ``([-\d]+)_c(\d)`` reads it as camera 1); a name that breaks the rule
   or a camera / pid outside the set's range is a ``DatasetError`` naming the file.
 - ``use_market_name_parser`` (applied by the runtime patch ``reader_names_checked``): fast-reid's
-  Market-1501 / DukeMTMC readers parse names with ``parse_market_name`` (same items, same ranges and junk rule as fast-reid's), so a
-  bad name is one line naming the file instead of ``AttributeError: 'NoneType' object has no
-  attribute 'groups'``, a bare ``AssertionError`` or a silently misread camera.
+  Market-1501 / DukeMTMC readers parse names with ``parse_market_name`` (same items, same ranges and
+  junk rule as fast-reid's), so a bad name is one line naming the file instead of ``AttributeError:
+  'NoneType' object has no attribute 'groups'``, a bare ``AssertionError`` or a silently misread
+  camera.
 - ``check_train_set`` / ``check_image_headers``: an empty training folder, and test images
   that are not images, fail when the data is first read, naming the folder / file.
 """
