@@ -28,16 +28,18 @@ import socket
 import sys
 import threading
 import time
+import warnings
 from urllib.parse import urlparse
 
 from . import devices
-from .errors import UserError
+from .errors import EXIT_USER, UserError
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["broadcast_buffers", "convert_sync_batchnorm", "die_with_launcher",
            "distributed_worker", "first_host", "free_dist_url", "launch", "launch_device",
-           "launcher_env", "port_holders", "run_launched", "run_worker"]
+           "launcher_env", "PeerLostError", "PeerWatch", "port_holders", "run_launched",
+           "run_worker"]
 
 LAUNCHER_PID_ENV = "GLTRANS_LAUNCHER_PID"
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0", "::1", "")
@@ -180,8 +182,23 @@ def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist
         logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
         if dist_url != "auto":
             dist_url = free_dist_url(dist_url, num_machines, machine_rank)
-    return fastreid_launch(main_func, num_gpus_per_machine, num_machines=num_machines,
-                           machine_rank=machine_rank, dist_url=dist_url, args=args)
+    from torch.multiprocessing import ProcessExitedException
+
+    try:
+        return fastreid_launch(main_func, num_gpus_per_machine, num_machines=num_machines,
+                               machine_rank=machine_rank, dist_url=dist_url, args=args)
+    except ProcessExitedException as e:
+        if not e.signal_name:
+            raise  # the worker ended with its own one-line error
+        rank = machine_rank * num_gpus_per_machine + e.error_index
+        raise PeerLostError(
+            f"rank {rank} (machine {machine_rank}, its process {e.error_index}, pid {e.error_pid}) "
+            f"was "
+            f"killed by {e.signal_name}; this machine's other processes were stopped",
+            f"OUTPUT_DIR/log.txt.rank{rank}" if rank else "OUTPUT_DIR/log.txt",
+            "a signal from outside (kill, the out-of-memory killer, the scheduler): start every "
+            "machine again with --resume (training continues from the last checkpoint)"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- buffers
@@ -281,16 +298,38 @@ def run_worker(main_func, args, *, rank, world_size, local_rank, machine, init_m
                             "let every process of a machine see all its GPUs)")
         torch.cuda.set_device(local_rank)
     _fork_loader_workers()
+    if rank > 0:
+        _quiet_console()
     dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method=init_method,
                             world_size=world_size, rank=rank)
     comm.synchronize()
-    comm._LOCAL_PROCESS_GROUP = _machine_group(machine)
-    main_func(*args)
+    comm._LOCAL_PROCESS_GROUP, machines = _machine_group(machine)
+    watch = PeerWatch.connect(init_method, rank, machines)  # after every rank beat once
+    comm.synchronize()
+    if watch is not None:
+        watch.start()
+        main_func = watch.checked(main_func)
+    try:
+        main_func(*args)
+    finally:
+        if watch is not None:
+            watch.finish()  # this rank is done: its silence from now on is no failure
     # Clean shutdown: wait until every rank is done, then join the backend's threads.  A worker
     # exiting with its process group alive can abort in a C++ destructor ("terminate called
     # without an active exception", SIGABRT) while another rank still talks to it.
     comm.synchronize()
+    if watch is not None:
+        watch.stop()
     dist.destroy_process_group()
+
+
+def _quiet_console():
+    """Warnings once per job: every rank meets the same ones (a deprecated torch API used by
+    fast-reid, DDP's, "No CUDA runtime" when fast-reid collects its environment report), so
+    only rank 0 prints them; the other ranks' logs go to their OUTPUT_DIR/log.txt.rank<r>
+    (fast-reid's convention) and their errors still print."""
+    warnings.simplefilter("ignore")
+    logging.getLogger("torch").setLevel(logging.ERROR)
 
 
 def _fork_loader_workers():
@@ -317,7 +356,196 @@ def _machine_group(machine):
         group = dist.new_group([r for r, x in enumerate(ids) if x == m])
         if m == str(machine):
             mine = group
-    return mine
+    return mine, ids
+
+
+# ----------------------------------------------------------------------------- failures
+PEER_TIMEOUT_ENV = "GLTRANS_PEER_TIMEOUT"  # seconds of silence after which a rank is lost
+
+
+class PeerLostError(UserError, RuntimeError):
+    """Another rank of the run stopped: its process ended or its machine became unreachable."""
+
+
+class PeerWatch:
+    """Every rank beats in the rendezvous store (a counter, every ``PERIOD`` s) and watches the
+    others' counters, so that a rank killed, or a machine lost, ends every other process in
+    bounded time with one line naming it:
+
+    * when a collective fails (gloo sees the dead peer's closed connection at once), the
+      failing rank waits ``2 x SETTLE`` s and names the ranks whose counter stood still
+      (``checked``) instead of reporting the backend's message, which names no rank;
+    * when nothing fails but nothing moves (a machine that vanished without closing its
+      connections, NCCL waiting on a dead peer), the watching thread ends the process after
+      ``GLTRANS_PEER_TIMEOUT`` s (default 120) of a peer's silence.
+
+    A rank that finished its work marks itself done, so its silence is no failure; the store
+    is that of the process group's rendezvous (rank 0's process with tcp://, torchrun's agent
+    with env://): when it cannot be reached, the rank holding it (0) is the one named."""
+
+    PERIOD = 0.5
+    SETTLE = 1.5
+
+    def __init__(self, store, rank, machines, prefix, timeout):
+        self.store, self.rank, self.machines = store, rank, machines
+        self.world = len(machines)
+        self.prefix, self.timeout = prefix, timeout
+        now = time.monotonic()
+        self._seen = {r: (None, now) for r in range(self.world)}  # rank -> (count, since)
+        self._store_lost_since = None
+        self._done = threading.Event()
+        self._stop = threading.Event()
+        self._thread = None
+        self._beat()
+
+    @classmethod
+    def connect(cls, init_method, rank, machines):
+        """A watch on a client of the rendezvous store (tcp:// or env://), or None."""
+        import datetime
+
+        import torch.distributed as dist
+
+        if init_method == "env://":
+            host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+        else:
+            url = urlparse(str(init_method))
+            host, port = (url.hostname, url.port) if url.scheme == "tcp" else (None, None)
+        if not host or not port:
+            return None
+        timeout = float(os.environ.get(PEER_TIMEOUT_ENV, "") or 120)
+        store = dist.TCPStore(host, int(port), is_master=False, wait_for_workers=False,
+                              timeout=datetime.timedelta(seconds=10))
+        run = os.environ.get("TORCHELASTIC_RUN_ID", "") + \
+            os.environ.get("TORCHELASTIC_RESTART_COUNT", "")
+        return cls(store, rank, machines, f"gltrans/peers/{run}/", timeout)
+
+    # ------------------------------------------------------------------ store
+    def _key(self, kind, r):
+        return f"{self.prefix}{kind}/{r}"
+
+    def _beat(self):
+        self.store.add(self._key("beat", self.rank), 1)
+
+    def _counts(self):
+        keys = [self._key("beat", r) for r in range(self.world)]
+        if hasattr(self.store, "multi_get"):
+            return [int(v) for v in self.store.multi_get(keys)]
+        return [int(self.store.add(k, 0)) for k in keys]
+
+    def _finished(self, r):
+        return self.store.check([self._key("done", r)])
+
+    # ------------------------------------------------------------------ watching
+    def _silent(self, counts, now, longer_than):
+        """Ranks (not this one, not done) whose counter has not moved for ``longer_than`` s."""
+        out = []
+        for r, c in enumerate(counts):
+            last, since = self._seen[r]
+            if c != last:
+                self._seen[r] = (c, now)
+            elif r != self.rank and now - since > longer_than and not self._finished(r):
+                out.append(r)
+        return out
+
+    def _loop(self):
+        while not self._stop.wait(self.PERIOD):
+            if self._done.is_set():
+                continue  # this rank is done; the others may leave before it
+            now = time.monotonic()
+            try:
+                self._beat()
+                lost = self._silent(self._counts(), now, self.timeout)
+                self._store_lost_since = None
+            except Exception:  # noqa: BLE001  (the store, in rank 0 / machine 0, is gone)
+                self._store_lost_since = self._store_lost_since or now
+                lost = [0] if now - self._store_lost_since > self.timeout else []
+            if lost and not self._done.is_set():
+                from .errors import report
+
+                error = self.error(lost, f"for {self.timeout:.0f} s")
+                if self.reports(lost):
+                    report(error)
+                else:
+                    logger.error("%s", error)
+                os._exit(EXIT_USER)  # the main thread may be stuck in a collective: no unwinding
+
+    def lost(self):
+        """The ranks that stopped beating, watched for ``2 x SETTLE`` s ([0] when the store
+        itself cannot be reached), [] when every rank is alive or done."""
+        try:
+            first = self._counts()
+            time.sleep(2 * self.SETTLE)
+            second = self._counts()
+        except Exception:  # noqa: BLE001
+            return [0]
+        return [r for r in range(self.world) if r != self.rank and first[r] == second[r]
+                and not self._finished(r)]
+
+    def error(self, ranks, how=""):
+        machines = sorted({self.machines[r] for r in ranks})
+        who = (f"rank {ranks[0]}" if len(ranks) == 1 else
+               "ranks " + ", ".join(str(r) for r in ranks))
+        where = f"machine {machines[0]}" if len(machines) == 1 else \
+            "machines " + ", ".join(machines)
+        return PeerLostError(
+            f"{who} ({where}) stopped answering{' ' + how if how else ''}: its process ended "
+            f"or its machine is unreachable", f"OUTPUT_DIR/log.txt.rank{ranks[0]} on {where}"
+            if ranks[0] else "OUTPUT_DIR/log.txt on machine " + self.machines[0],
+            "see that log for why, then start every machine again with --resume (training "
+            "continues from the last checkpoint)")
+
+    def checked(self, main_func):
+        """``main_func`` whose failure in a collective names the rank that caused it."""
+        from .errors import guarded
+
+        if isinstance(main_func, guarded):  # reports its own error: check inside it
+            return guarded(self.checked(main_func.main))
+        watch = self
+
+        def main(*args, **kwargs):
+            try:
+                return main_func(*args, **kwargs)
+            except RuntimeError as e:  # the backends' errors (DistError is one)
+                if isinstance(e, UserError):
+                    raise
+                lost = watch.lost()
+                if not lost:
+                    raise
+                error = watch.error(lost)
+                if watch.reports(lost):
+                    raise error from e
+                logger.error("%s", error)  # this rank's log; the line is said elsewhere
+                raise SystemExit(EXIT_USER) from None
+
+        return main
+
+    def reports(self, lost):
+        """Whether this rank prints the line about ``lost``: one line per machine, by its
+        first live process, and none on a machine that lost a process of its own (its
+        launcher names it, with the signal: fast-reid's, torchrun, srun)."""
+        mine = self.machines[self.rank]
+        if any(self.machines[r] == mine for r in lost):
+            return False
+        first = min(r for r in range(self.world) if self.machines[r] == mine and r not in lost)
+        return first == self.rank
+
+    def start(self):
+        self._thread = threading.Thread(target=self._loop, name="gltrans-peer-watch",
+                                        daemon=True)
+        self._thread.start()
+
+    def finish(self):
+        self._done.set()
+        try:
+            self.store.set(self._key("done", self.rank), "1")
+        except Exception:  # noqa: BLE001  (the store may be gone with rank 0 at the end)
+            pass
+
+    def stop(self):
+        self._done.set()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
 
 # ----------------------------------------------------------------------------- launchers

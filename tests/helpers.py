@@ -10,6 +10,7 @@ setters, and the config builders, one per meaning:
 import os
 
 import numpy as np
+import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(REPO, "configs", "GLTrans", "synthetic_demo.yml")
@@ -125,3 +126,18 @@ def gltrans_small_cfg(root, output_dir, **overrides):
     }
     opts.update(overrides)
     return setup_cfg(DEMO_CONFIG, opts_list(opts))
+
+
+class NaNLossModel(torch.nn.Module):
+    """Two branch losses; the second is NaN at call ``bad_at`` (0-based)."""
+
+    def __init__(self, bad_at):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 1)
+        self.calls, self.bad_at = 0, bad_at
+
+    def forward(self, data):
+        out = self.lin(data["x"]).float().mean()
+        bad = torch.tensor(float("nan") if self.calls == self.bad_at else 0.0)
+        self.calls += 1
+        return {"loss_ce_global": out ** 2, "loss_triplet_local": out.abs() * 0 + bad}

@@ -119,10 +119,13 @@ def _install():
     def recorded_gather(data, dst=0, group=None):
         out = gather(data, dst=dst, group=group)
         if isinstance(data, list) and data and isinstance(data[0], dict) and "feats" in data[0]:
+            import multiprocessing
+
             import torch.distributed as dist
 
             _append(f"gather{comm.get_rank()}.jsonl", {
                 "world_size": comm.get_world_size(), "backend": dist.get_backend(),
+                "start_method": multiprocessing.get_start_method(),
                 "local": sum(int(p["feats"].shape[0]) for p in data),
                 "gathered": sum(int(p["feats"].shape[0]) for part in out for p in part)})
         return out
@@ -132,8 +135,15 @@ def _install():
     write_metrics = train_loop.SimpleTrainer._write_metrics
 
     def _write_metrics(self, loss_dict, data_time, *args, **kwargs):  # raw (unsmoothed) losses
-        _append(f"loss{comm.get_rank()}.jsonl", {
+        rank = comm.get_rank()
+        _append(f"loss{rank}.jsonl", {
             "iter": self.iter, "loss": float(sum(v.detach() for v in loss_dict.values()))})
+        pause = os.environ.get("GLTRANS_TEST_PAUSE")  # "rank:iteration": hang there
+        if pause and [rank, self.iter] == [int(x) for x in pause.split(":")]:
+            import time
+
+            _append(f"paused{rank}", {"pid": os.getpid()})
+            time.sleep(3600)  # the others wait for it in the next collective
         return write_metrics(self, loss_dict, data_time, *args, **kwargs)
 
     train_loop.SimpleTrainer._write_metrics = _write_metrics
@@ -449,6 +459,10 @@ def _assert_same_as_reference(reference, run, world_size):
     assert {g["backend"] for g in gathered} == {"gloo"}
     assert {g["world_size"] for g in gathered} == {world_size}
     assert sum(g["local"] for g in gathered) == gathered[0]["gathered"] == 30  # the test set
+    if sys.platform.startswith("linux"):  # loader workers forked: no re-import of the program
+        assert {g["start_method"] for g in gathered} == {"fork"}
+    for warning in ("TypedStorage is deprecated", "No CUDA runtime is found"):
+        assert run.log.count(warning) <= 1, warning  # once per job, not per rank
     # 1e-4: a global batch of 8 as 4 per-process means all-reduced (see the module docstring)
     assert_same_training(reference, run, tuple(range(world_size)), loss_rtol=1e-4,
                          w_rtol=1e-4, w_atol=1e-6)
@@ -489,14 +503,38 @@ def test_srun_environment(reference, tiny_market, tmp_path):
 
 
 @pytest.mark.slow
-def test_fastreid_flags_two_machines_of_two(reference, tiny_market, tmp_path):
-    """fast-reid's own flags, two "machines" on localhost: ``--num-gpus 2 --num-machines 2
-    --machine-rank 0/1 --dist-url tcp://127.0.0.1:PORT``."""
+def test_fastreid_flags_two_machines_of_two_killed_and_resumed(reference, tiny_market, tmp_path):
+    """fast-reid's own flags, two "machines" on localhost (``--num-gpus 2 --num-machines 2
+    --machine-rank 0/1 --dist-url tcp://127.0.0.1:PORT``).  Rank 3 (machine 1) hangs in
+    iteration 5 and is killed there (``kill -9``): every other process ends within seconds,
+    each machine with one line naming rank 3; ``--resume`` on both machines continues from the
+    last checkpoint (the end of epoch 1) and ends as the uninterrupted 1-process run."""
     run = _vit_run(tmp_path, tiny_market)
     url = f"tcp://127.0.0.1:{_free_port()}"
-    procs = [run.train_net("--num-gpus", "2", "--num-machines", "2", "--machine-rank", str(m),
-                           "--dist-url", url, wait=False) for m in (0, 1)]
-    for p in procs:
+    flags = ["--num-gpus", "2", "--num-machines", "2", "--dist-url", url]
+    machines = [run.train_net(*flags, "--machine-rank", str(m), wait=False,
+                              env={"GLTRANS_TEST_PAUSE": "3:5"}) for m in (0, 1)]
+    paused = run.record / "paused3"
+    deadline = time.time() + 300
+    while not paused.exists() or not paused.read_text().strip():
+        assert time.time() < deadline and all(p.poll() is None for p in machines)
+        time.sleep(0.2)
+    os.kill(json.loads(paused.read_text())["pid"], signal.SIGKILL)
+    t = time.time()
+    outs = [p.communicate(timeout=120)[0] for p in machines]
+    took = time.time() - t
+    print(f"every process ended {took:.1f} s after the kill")
+    assert took < 60  # gloo sees the closed connections at once; the watch then waits 3 s
+    assert [p.returncode for p in machines] == [2, 2], outs
+    lines = [[x for x in out.splitlines() if x.startswith("error:")] for out in outs]
+    assert len(lines[1]) == 1 and lines[1][0].startswith(
+        "error: rank 3 (machine 1, its process 1, pid "), outs[1][-3000:]
+    assert len(lines[0]) == 1 and "3 (machine 1) stopped answering: its process ended or its " \
+        "machine is unreachable" in lines[0][0], outs[0][-3000:]
+    assert (run.out / "last_checkpoint").read_text().strip() == "model_0000.pth"
+    machines = [run.train_net(*flags, "--machine-rank", str(m), "--resume", wait=False)
+                for m in (0, 1)]
+    for p in machines:
         run.finish(p)
     assert "Rank of current process: 0. World size: 4" in run.log
     _assert_same_as_reference(reference, run, 4)
@@ -552,7 +590,6 @@ def _launch(tmp_path, mode):
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_killed_launcher_leaves_no_worker(tmp_path):
-
     p = _launch(tmp_path, "sleep")
     pids = []
     try:

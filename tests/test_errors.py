@@ -267,9 +267,9 @@ def test_nan_loss_advice_works_with_the_saved_schedule():
     from fastreid.engine.train_loop import SimpleTrainer
     from fastreid.utils.events import EventStorage
 
-    from test_reliability import _LossModel
+    from helpers import NaNLossModel
 
-    model = _LossModel(bad_at=0)
+    model = NaNLossModel(bad_at=0)
     trainer = SimpleTrainer(model, [{"x": torch.ones(3, 4)}] * 2,
                             torch.optim.SGD(model.parameters(), lr=0.1), None)
     with EventStorage(0), pytest.raises(FloatingPointError) as e:

@@ -36,7 +36,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGES = ("README.md", "docs/training.md", "docs/own_data.md", "docs/model.md",
          "docs/reproducing.md", "docs/evaluation.md", "docs/tools.md", "docs/reliability.md",
-         "docs/compatibility.md")
+         "docs/compatibility.md", "docs/deployment.md", "docs/weights.md", "docs/distributed.md",
+         "docs/layout.md")
 RUN_LANGS = {"bash": "bash", "sh": "bash", "shell": "bash", "python": "python"}
 DEMO_COMMAND = (".venv/bin/python projects/train_net.py "
                 "--config-file configs/GLTrans/synthetic_demo.yml")

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from helpers import gltrans_small_cfg, resnet_cfg
+from helpers import NaNLossModel, gltrans_small_cfg, resnet_cfg
 
 import gltrans_plugin  # noqa: F401
 from gltrans_plugin import checkpoint, checks, errors
@@ -257,25 +257,12 @@ def test_eval_only_without_weights(tmp_path):
 
 
 # ============================================================================ NaN / inf loss
-class _LossModel(torch.nn.Module):
-    def __init__(self, bad_at):
-        super().__init__()
-        self.lin = torch.nn.Linear(4, 1)
-        self.calls, self.bad_at = 0, bad_at
-
-    def forward(self, data):
-        out = self.lin(data["x"]).float().mean()
-        bad = torch.tensor(float("nan") if self.calls == self.bad_at else 0.0)
-        self.calls += 1
-        return {"loss_ce_global": out ** 2, "loss_triplet_local": out.abs() * 0 + bad}
-
-
 @pytest.mark.parametrize("amp", [False, True])
 def test_nan_loss_stops_before_the_step_naming_iteration_and_branch(amp):
     from fastreid.engine.train_loop import AMPTrainer, SimpleTrainer
     from fastreid.utils.events import EventStorage
 
-    model = _LossModel(bad_at=2)
+    model = NaNLossModel(bad_at=2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     trainer = (AMPTrainer if amp else SimpleTrainer)(model, [{"x": torch.ones(3, 4)}] * 5, opt,
                                                      None)

@@ -23,7 +23,7 @@ DEMO = os.path.join(REPO, "configs/GLTrans/synthetic_demo.yml")
 COMBINE = os.path.join(REPO, "configs/GLTrans/combine")
 TOOLS = ["visualize_ranking", "visualize_attention", "plot_training", "model_report", "search",
          "export_onnx", "convert_checkpoint", "extract_features", "reproduce",
-         "make_synthetic_dataset"]
+         "make_synthetic_dataset", "decide_recipe"]
 ITERS = 3  # 8 ids x 3 cameras x 2 images / batch 16: iterations of the one-epoch runs
 sys.path.insert(0, os.path.join(REPO, "tools"))
 

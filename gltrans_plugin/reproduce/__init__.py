@@ -13,7 +13,8 @@ not know.
     write_reports(summaries, "logs/reproduce/table5", "table5")   # .md, .csv, .png
 
 Rooms: ``plan`` (rows, presets, runs and their commands), ``run`` (the subprocesses, signals),
-``report`` (collection and summaries).
+``report`` (collection and summaries), ``protocol`` (recipes x synthetic sets x seeds, decided
+on a validation split; ``tools/decide_recipe.py``).
 
 Files per run (``<output>/<row>/seed<s>/``): fast-reid's ``log.txt``, ``config.yaml``,
 ``metrics.json`` and checkpoints; ``train_output.txt`` (the subprocess' stdout + stderr, with

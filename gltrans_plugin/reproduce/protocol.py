@@ -38,8 +38,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import UserError
-from .plan import (RESULTS_FILE, Row, check_opts, flatten, plan, preset_values, read_yaml,
-                   run_dir)
+from .plan import (RESULTS_FILE, Row, check_opts, flatten, format_value, plan, preset_values,
+                   read_yaml, run_dir, to_opts)
 from .report import collect
 from .run import RunsInterrupted, execute
 
@@ -243,8 +243,6 @@ def recipe_values(recipe: Recipe, grid: Grid, set_seed: int, output: str) -> Dic
 def _yaml_value(value):
     """A decoded config value as yaml that fast-reid's config decodes back to it: strings as
     on the command line (``format_value``), tuples as lists (the config turns them back)."""
-    from .plan import format_value
-
     if isinstance(value, str):
         return format_value(value)
     if isinstance(value, (list, tuple)):
@@ -334,7 +332,6 @@ def check_recipes(rf: RecipeFile, grid: Grid, opts: Sequence[str] = ()):
     test on the built-in synthetic set, and no set of the grid may be the one the recipe's
     config trains on (the set the recipe was made on is not the set it is judged on)."""
     from ..config import setup_cfg
-    from .plan import to_opts
 
     check_keys(list(opts)[0::2], "the command-line options")
     check_opts(opts)
