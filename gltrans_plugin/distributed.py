@@ -304,8 +304,8 @@ def run_worker(main_func, args, *, rank, world_size, local_rank, machine, init_m
                             world_size=world_size, rank=rank)
     comm.synchronize()
     comm._LOCAL_PROCESS_GROUP, machines = _machine_group(machine)
-    watch = PeerWatch.connect(init_method, rank, machines)  # after every rank beat once
-    comm.synchronize()
+    watch = PeerWatch.connect(init_method, rank, machines) if world_size > 1 else None
+    comm.synchronize()  # every rank beat once: each counter exists before anyone reads them
     if watch is not None:
         watch.start()
         main_func = watch.checked(main_func)

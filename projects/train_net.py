@@ -3,6 +3,10 @@
 
     python projects/train_net.py --config-file configs/GLTrans/msmt17.yml [--num-gpus N]
         [--eval-only] [--resume] [--debug] [KEY VALUE ...]
+    torchrun --nproc-per-node N projects/train_net.py --config-file ...    # or under srun
+
+Several GPUs and machines (fast-reid's --num-machines / --machine-rank / --dist-url, torchrun,
+SLURM): docs/distributed.md.
 
 An error ends the run with one line ``error: <what> (<file or key>): <fix>`` and exit code 2
 (1 for a bug); the traceback is in OUTPUT_DIR/log.txt (and on stderr with --debug or env
@@ -57,14 +61,19 @@ def main(args):
     return trainer.train()
 
 
-def cli():
+def argument_parser():
     parser = default_argument_parser()
     parser.add_argument("--debug", action="store_true",
                         help="on an error, print the full traceback (else only in log.txt)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start a fresh training in an OUTPUT_DIR that holds another run's "
                              "checkpoints (without it: an error; --resume continues that run)")
-    args = parser.parse_args()
+    return parser
+
+
+def cli():
+    # fast-reid's flags spawn the processes; under torchrun or srun this process is one of them
+    args = argument_parser().parse_args()
     launch(guarded(main), args.num_gpus, num_machines=args.num_machines,
            machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
 

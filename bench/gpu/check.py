@@ -63,7 +63,8 @@ BUDGETS = {"env": 15, "cuda_tests": 125, "train": 65, "eval_only": 25, "eval_ben
 TEST_LIMIT = 60  # seconds per CUDA test (GPU_CHECK_TEST_LIMIT): a hung test fails alone
 TINY_BUDGETS = {k: 240 for k in [*BUDGETS, "launch"]}  # shared CPUs: generous
 # every test file with CUDA tests (marked ``cuda``); tests/test_gpu_check.py checks the lists
-CUDA_TEST_FILES = ["tests/test_evaluation.py", "tests/test_extractor.py", "tests/test_cuda.py"]
+CUDA_TEST_FILES = ["tests/evaluation/test_evaluation.py", "tests/extractor/test_extractor.py",
+                   "tests/test_cuda.py"]
 MULTI_GPU_TEST_FILES = ["tests/test_distributed.py"]  # world size 2 over NCCL: two GPUs
 
 
@@ -277,10 +278,10 @@ def train_opts(work):
                  "MODEL.BACKBONE.FEAT_DIM", "192", "MODEL.BACKBONE.STRIDE_SIZE", "(16, 16)",
                  "INPUT.SIZE_TRAIN", "[64, 32]", "INPUT.SIZE_TEST", "[64, 32]",
                  "INPUT.PADDING.SIZE", "2", "DATASETS.SYNTHETIC.HEIGHT", "64",
-                 "DATASETS.SYNTHETIC.WIDTH", "32", "DATASETS.SYNTHETIC.NUM_TRAIN_IDS", "16",
+                 "DATASETS.SYNTHETIC.WIDTH", "32", "DATASETS.SYNTHETIC.NUM_TRAIN_IDS", "8",
                  "DATASETS.SYNTHETIC.NUM_TEST_IDS", "8", "SOLVER.IMS_PER_BATCH", "16",
-                 "SOLVER.MAX_EPOCH", "4", "SOLVER.CHECKPOINT_PERIOD", "2",
-                 "TEST.EVAL_PERIOD", "4", "SOLVER.LOG_PERIOD", "3",
+                 "SOLVER.MAX_EPOCH", "2", "SOLVER.CHECKPOINT_PERIOD", "1",  # 2 x 6 iterations
+                 "TEST.EVAL_PERIOD", "2", "SOLVER.LOG_PERIOD", "2",
                  "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_DEVICE", "cpu",
                  "TEST.IMS_PER_BATCH", "32"]
     else:  # ViT-B/16 stride 12 at 256x128 (21 x 10 grid), random init; 768 images: 12 it/epoch

@@ -31,14 +31,11 @@ def worker_main(args):
 
 def cli():
     import torch.multiprocessing as mp
-    from fastreid.engine import default_argument_parser
 
     from gltrans_plugin import distributed
     from gltrans_plugin.distributed import LAUNCHER_PID_ENV
 
-    parser = default_argument_parser()
-    parser.add_argument("--debug", action="store_true")
-    args = parser.parse_args()
+    args = train_net.argument_parser().parse_args()
     os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
     mp.spawn(distributed.distributed_worker, nprocs=1, daemon=False,
              args=(worker_main, 1, 1, 0, args.dist_url, (args,)))

@@ -14,7 +14,7 @@ either with ``F.scaled_dot_product_attention`` (fused) or with explicit matmuls 
               the explicit path: 1.7x at L = 211 and 5x at L = 74 under bf16 autocast, 1.4x at
               L = 74 in fp32. So on CPU with gradients: manual under bf16/fp16 autocast, and in
               fp32 for short sequences (L < ``CPU_FP32_FUSED_MIN_LEN``).
-Both paths give the same values (tests/test_speed_features.py).
+Both paths give the same values (tests/modeling/test_speed_features.py).
 
 torch.compile (``MODEL.COMPILE``, default False): ``compile_modules`` compiles the transformer
 blocks in place (``nn.Module.compile``: parameter names, state dicts and forward hooks stay as

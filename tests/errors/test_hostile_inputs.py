@@ -20,7 +20,7 @@ from gltrans_plugin.checkpoint import CheckpointError, load_file, load_state_dic
 from gltrans_plugin.config import ConfigFileError, setup_cfg
 from gltrans_plugin.data.datasets import DatasetError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 DEMO = os.path.join(REPO, "configs", "GLTrans", "synthetic_demo.yml")
 

@@ -31,7 +31,7 @@ import gltrans_plugin  # noqa: F401  (compat first)
 from gltrans_plugin import solver
 from gltrans_plugin.config import setup_cfg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RELEASED = os.path.join(ROOT, "configs", "GLTrans", "msmt17_released_code.yml")
 PAPER = os.path.join(ROOT, "configs", "GLTrans", "msmt17.yml")
 

@@ -161,7 +161,7 @@ def test_a_dataset_config_builds_without_its_data(tmp_path):
     from gltrans_plugin.config import setup_cfg
     from gltrans_plugin.loading import cfg_for_checkpoint
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     for name, classes, cams in (("msmt17", 1041, 15), ("dukemtmc", 702, 8)):
         cfg = setup_cfg(os.path.join(repo, "configs", "GLTrans", f"{name}.yml"),
                         ["DATASETS.ROOT", str(tmp_path / "no_data")])

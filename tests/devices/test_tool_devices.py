@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 MODEL_TOOLS = ["visualize_ranking", "visualize_attention", "model_report", "export_onnx",
                "extract_features", "search"]

@@ -20,13 +20,14 @@ import gltrans_plugin  # noqa: F401  (compat first)
 import gltrans_plugin.modeling  # noqa: F401  (registers GLTrans, GLTransHead, the backbone)
 from gltrans_plugin.config import add_gltrans_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # GLTrans configs; configs/GLTrans/combine/ (GLTrans parts in other fast-reid models) are
-# loaded, built and trained in tests/test_tools.py; presets/ are option sets, not configs
-# (tests/test_reproduce.py).
+# loaded, built and trained in tests/tools/test_tools.py; presets/ are option sets and protocol/
+# recipe lists, not configs
+# (tests/reproduce/test_reproduce.py).
 CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "GLTrans", "**", "*.yml"),
                                       recursive=True)
-                 if os.sep + "combine" + os.sep not in p and os.sep + "presets" + os.sep not in p)
+                 if not any(os.sep + d + os.sep in p for d in ("combine", "presets", "protocol")))
 D, C, B = 48, 4, 8  # D: 12 GMA heads divide it (Table 10 configs need 1, 4, 6, 12)
 
 

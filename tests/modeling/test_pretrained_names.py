@@ -405,8 +405,8 @@ def test_config_naming_a_tag_trains_offline_from_the_filled_cache(filled, tmp_pa
     assert card["checkpoint"]["file"] == "model_final.pth"
 
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                       "GLTrans")
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                       "configs", "GLTrans")
 
 
 @pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(CONFIGS, "pretrained"))))

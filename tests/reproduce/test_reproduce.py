@@ -23,7 +23,7 @@ import torch
 import gltrans_plugin  # noqa: F401  (compat first)
 from gltrans_plugin import reproduce as rp
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import reproduce as tool  # noqa: E402  (tools/reproduce.py: the repository's files)
 

@@ -17,7 +17,7 @@ from gltrans_plugin.data.datasets import DatasetError
 from gltrans_plugin.data.veri import VeRiViews
 from gltrans_plugin.engine import Trainer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VERI_YML = os.path.join(REPO, "configs", "GLTrans", "veri.yml")
 TRAIN_IDS, TEST_IDS, CAMS, PER_CAM = (1, 2, 3, 4), (10, 11, 12), (1, 2), 2
 NUM_VIEWS_IN_DATA = 6  # the fixture's view ids are 0..5

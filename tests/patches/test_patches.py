@@ -16,7 +16,7 @@ from gltrans_plugin import compat
 from helpers import resnet_cfg
 
 PY = sys.executable
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _run(code):
@@ -380,7 +380,7 @@ def _write_rank(rank_dir):
 @pytest.mark.slow
 def test_launch_two_processes_on_cpu(tmp_path):
     code = (f"import gltrans_plugin, sys; sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
-            "from test_compat import _write_rank\n"
+            "from test_patches import _write_rank\n"
             "from fastreid.engine import launch\n"
             f"launch(_write_rank, 2, dist_url='auto', args=({str(tmp_path)!r},))\n")
     r = _run(code)  # fastreid: assert torch.cuda.is_available(); backend NCCL

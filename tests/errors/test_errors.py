@@ -2,7 +2,7 @@
 files checked before use (``gltrans_plugin.checkpoint``), images of any mode read as RGB,
 dataset readers that name the bad file, the synthetic set that never deletes a user's file,
 ENOSPC during a save.  Each case of the README's bad-input table that is not tested in
-``test_reliability.py`` is tested here (search for the row's message)."""
+``engine/test_failures.py`` is tested here (search for the row's message)."""
 import errno
 import os
 import shutil
@@ -21,7 +21,7 @@ from gltrans_plugin.data.datasets import DatasetError
 from gltrans_plugin.engine import Trainer
 
 PY = sys.executable
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_NET = os.path.join(REPO, "projects", "train_net.py")
 DEMO = os.path.join(REPO, "configs", "GLTrans", "synthetic_demo.yml")
 

@@ -20,7 +20,7 @@ import gltrans_plugin  # noqa: F401  (compat first)
 from gltrans_plugin.config import add_gltrans_config
 from gltrans_plugin.modeling.heads import GLTransHead
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RELEASED = os.path.join(ROOT, "configs", "GLTrans", "msmt17_released_code.yml")
 PAPER = os.path.join(ROOT, "configs", "GLTrans", "msmt17.yml")
 D, B, C, P = 48, 4, 5, 3

@@ -20,7 +20,7 @@ from PIL import Image
 import gltrans_plugin  # noqa: F401
 from helpers import gltrans_small_cfg, resnet_cfg
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 
 
@@ -427,7 +427,7 @@ def test_search_subcommands_help(capsys):
 def test_tools_run_as_programs_with_help_and_one_line_errors(tmp_path):
     import subprocess
 
-    # (--help of every tool as a program: tests/test_tools.py::test_every_tool_has_help)
+    # (--help of every tool as a program: tests/tools/test_tools.py::test_every_tool_has_help)
     r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "search.py"), "query",
                         "--config-file", "unused.yml", "--index-dir", str(tmp_path / "none"),
                         "--query", "q.jpg"], capture_output=True, text=True, timeout=300)

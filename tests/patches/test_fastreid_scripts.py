@@ -14,7 +14,7 @@ import pytest
 from helpers import DEMO_CONFIG, gltrans_small_cfg, opts_list
 
 PY = sys.executable
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 
 # the built-in synthetic set, tiny: 8 identities x 3 cameras x 3 images = 72 training images,

@@ -20,7 +20,7 @@ from gltrans_plugin.config import setup_cfg
 from gltrans_plugin.reproduce import protocol as pr
 from gltrans_plugin.reproduce.plan import preset_opts, to_opts
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import decide_recipe as tool  # noqa: E402
 

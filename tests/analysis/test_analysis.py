@@ -9,7 +9,7 @@ import pytest
 
 from gltrans_plugin.analysis.curves import read_metrics, training_curves
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _row(it, loss, **more):

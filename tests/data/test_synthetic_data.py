@@ -21,6 +21,7 @@ from fastreid.evaluation.rank import eval_market1501
 from PIL import Image
 
 from gltrans_plugin.config import add_gltrans_config
+from helpers import REPO
 from gltrans_plugin.data import synthetic
 from gltrans_plugin.data.datasets import (
     MSMT17TrainVal,
@@ -237,8 +238,7 @@ def test_unknown_parameter():
 def test_cli(tmp_path, capsys):
     from importlib.util import module_from_spec, spec_from_file_location
 
-    path = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "tools",
-                    "make_synthetic_dataset.py")
+    path = osp.join(REPO, "tools", "make_synthetic_dataset.py")
     spec = spec_from_file_location("make_synthetic_dataset", path)
     cli = module_from_spec(spec)
     spec.loader.exec_module(cli)

@@ -18,7 +18,7 @@ from gltrans_plugin.errors import Interrupted, format_error
 from helpers import resnet_cfg
 
 PY = sys.executable
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_NET = os.path.join(REPO, "projects", "train_net.py")
 
 

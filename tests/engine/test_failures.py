@@ -25,7 +25,7 @@ from gltrans_plugin.config import setup_cfg
 from gltrans_plugin.engine import Trainer
 
 PY = sys.executable
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_NET = os.path.join(REPO, "projects", "train_net.py")
 
 
@@ -447,8 +447,11 @@ def test_pickled_pretrained_file_needs_the_env_opt_in(tmp_path, monkeypatch, cap
     model = build_model(cfg)
     assert torch.equal(model.backbone.pos_embed, vit.pos_embed)
     monkeypatch.delenv("GLTRANS_ALLOW_PICKLE")
-    with pytest.raises(KeyError, match="MODEL.BACKBONE.ALLOW_PICKLE"):  # the old key is gone
-        cfg.merge_from_list(["MODEL.BACKBONE.ALLOW_PICKLE", "True"])
+    from gltrans_plugin.config import merge_config
+    from gltrans_plugin.errors import ConfigKeyError
+
+    with pytest.raises(ConfigKeyError, match="MODEL.BACKBONE.ALLOW_PICKLE"):  # the old key: gone
+        merge_config(cfg, "", ["MODEL.BACKBONE.ALLOW_PICKLE", "True"])
 
 
 def test_pickled_training_checkpoint_needs_env_opt_in(tmp_path, monkeypatch):
