@@ -83,7 +83,7 @@ def check_data(cfg):
 
     from .data import build_dataset, camera_layout, test_camera_map
     from .data.checks import check_test_set
-    from .data.datasets import check_image_headers
+    from .data.checks import check_image_headers
 
     test_cams = {}
     for name in cfg.DATASETS.TESTS:

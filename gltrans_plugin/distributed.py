@@ -413,11 +413,17 @@ class PeerWatch:
         if not host or not port:
             return None
         timeout = float(os.environ.get(PEER_TIMEOUT_ENV, "") or 120)
-        store = dist.TCPStore(host, int(port), is_master=False, wait_for_workers=False,
-                              timeout=datetime.timedelta(seconds=10))
         run = os.environ.get("TORCHELASTIC_RUN_ID", "") + \
             os.environ.get("TORCHELASTIC_RESTART_COUNT", "")
-        return cls(store, rank, machines, f"gltrans/peers/{run}/", timeout)
+        try:
+            store = dist.TCPStore(host, int(port), is_master=False, wait_for_workers=False,
+                                  timeout=datetime.timedelta(seconds=10))
+            return cls(store, rank, machines, f"gltrans/peers/{run}/", timeout)
+        except Exception as e:  # noqa: BLE001  (the run works without; only the line is lost)
+            logger.warning("No watch on the other processes (rendezvous store %s:%s: %s): a "
+                           "failed process will be reported by the backend's own error.",
+                           host, port, e)
+            return None
 
     # ------------------------------------------------------------------ store
     def _key(self, kind, r):

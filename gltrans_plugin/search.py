@@ -14,7 +14,8 @@ import pathlib
 import urllib.parse
 from typing import List, Optional, Sequence
 
-from .data.datasets import MARKET_NAME
+from .data.checks import DatasetError
+from .data.names import parse_market_name
 from .evaluation.index import RetrievalIndex
 from .extractor import FeatureExtractor, per_image_ids
 
@@ -52,10 +53,10 @@ def identities_from_names(paths: Sequence[str]) -> Optional[List[int]]:
     distractor, -1 junk), or None when some name is not of that form."""
     out = []
     for p in paths:
-        m = MARKET_NAME.match(os.path.basename(p))
-        if m is None:
+        try:
+            out.append(parse_market_name(p)[0])  # the one reader of Market-style names
+        except DatasetError:
             return None
-        out.append(int(m.group(1)))
     return out
 
 

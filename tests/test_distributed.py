@@ -20,9 +20,10 @@ it) moves by up to the learning rate in a direction set by rounding noise, diffe
 two runs (measured: 8e-6 after 3 steps at lr 2e-5). SyncBN runs on GPUs only (torch's
 SyncBatchNorm rejects CPU tensors): its run is the 2-GPU test, skipped with fewer.
 
-Launchers (``test_*launch*``, ``test_torchrun*``, ``test_srun*``): fast-reid's flags (2
-"machines" x 2 processes on localhost), ``torchrun --nnodes 2 --nproc-per-node 2`` and SLURM's
-environment end with the metrics of one process on the same global batch.  That model is
+Launchers: 2 "machines" x 2 processes on localhost, started with fast-reid's flags, rank 3
+killed, and resumed with ``torchrun --nnodes 2 --nproc-per-node 2``, end with the losses,
+weights and metrics of one process on the same global batch; the GLTrans runs above are SLURM
+tasks (``srun``'s environment), which start no launcher process of their own.  That model is
 fast-reid's Baseline on our ViT (LayerNorm only, CE only, no BNNeck: no batch statistics, a
 per-image mean loss), so there the reference is a plain 1-process run.  Every process records
 what it gathers for the evaluation and its raw loss per iteration through a sitecustomize hook.
@@ -268,12 +269,25 @@ def _gltrans_config(root, device, sync_bn):
     return cfg.dump()
 
 
+def srun_tasks(run, n):
+    """``n`` tasks of a SLURM job step on this machine, their environment as ``srun --ntasks n``
+    sets it (the rendezvous: the first host of the step's node list, at MASTER_PORT)."""
+    step = {"SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0", "SLURM_NTASKS": str(n),
+            "SLURM_STEP_NUM_TASKS": str(n), "SLURM_NODEID": "0", "SLURM_STEP_NODELIST":
+            "localhost", "SLURM_JOB_NODELIST": "localhost", "MASTER_PORT": str(_free_port())}
+    procs = [run.train_net(env=dict(step, SLURM_PROCID=str(r), SLURM_LOCALID=str(r)),
+                           wait=False) for r in range(n)]
+    for p in procs:
+        run.finish(p)
+    assert f"Rank of current process: 0. World size: {n}" in run.log
+
+
 def _gltrans_runs(tmp_path, device, sync_bn):
     text = _gltrans_config(str(tmp_path / "data"), device, sync_bn)
     one, two = Run(tmp_path, "one", text), Run(tmp_path, "two", text)
     # the data set is generated once, by the first run, then read by both
     one.train_net(env={"GLTRANS_TEST_SHARES": "2", "GLTRANS_TEST_SHARED_BN": str(int(sync_bn))})
-    two.train_net("--num-gpus", "2", "--dist-url", f"tcp://127.0.0.1:{_free_port()}")
+    srun_tasks(two, 2)  # SLURM's environment: the launcher that starts the fewest processes
     assert {g["world_size"] for g in two.gathers(0)} == {2}
     return one, two
 
@@ -469,47 +483,32 @@ def _assert_same_as_reference(reference, run, world_size):
                          w_rtol=1e-4, w_atol=1e-6)
 
 
-@pytest.mark.slow
-def test_torchrun_two_nodes_of_two(reference, tiny_market, tmp_path):
-    """``torchrun --nnodes 2 --node-rank 0/1 --nproc-per-node 2`` on localhost, train_net.py
-    unchanged: rank, world size and rendezvous come from torchrun's environment."""
-    run = _vit_run(tmp_path, tiny_market)
+def torchrun_nodes(run, nodes, per_node, *flags):
+    """``torchrun --nnodes N --node-rank i --nproc-per-node K`` for each node i on localhost,
+    train_net.py unchanged: rank, world size and rendezvous come from torchrun's environment."""
     port = _free_port()
     procs = [subprocess.Popen(
-        [PY, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
-         "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(port),
-         TRAIN_NET, "--config-file", str(run.config), "OUTPUT_DIR", str(run.out)],
+        [PY, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--node-rank", str(node),
+         "--nproc-per-node", str(per_node), "--master-addr", "127.0.0.1", "--master-port",
+         str(port), TRAIN_NET, "--config-file", str(run.config), *flags,
+         "OUTPUT_DIR", str(run.out)],
         cwd=REPO, env=run.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for node in (0, 1)]
+        for node in range(nodes)]
     for p in procs:
         run.finish(p)
-    assert "Rank of current process: 0. World size: 4" in run.log
-    _assert_same_as_reference(reference, run, 4)
+    assert f"Rank of current process: 0. World size: {nodes * per_node}" in run.log
 
 
 @pytest.mark.slow
-def test_srun_environment(reference, tiny_market, tmp_path):
-    """Two tasks of a SLURM job step (``srun --ntasks 2``), their environment as srun sets it:
-    the rendezvous is the first host of the step's node list at MASTER_PORT."""
-    run = _vit_run(tmp_path, tiny_market)
-    step = {"SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "2",
-            "SLURM_STEP_NUM_TASKS": "2", "SLURM_NODEID": "0", "SLURM_STEP_NODELIST":
-            "localhost", "SLURM_JOB_NODELIST": "localhost", "MASTER_PORT": str(_free_port())}
-    procs = [run.train_net(env=dict(step, SLURM_PROCID=str(r), SLURM_LOCALID=str(r)),
-                           wait=False) for r in (0, 1)]
-    for p in procs:
-        run.finish(p)
-    assert "Rank of current process: 0. World size: 2" in run.log
-    _assert_same_as_reference(reference, run, 2)
-
-
-@pytest.mark.slow
-def test_fastreid_flags_two_machines_of_two_killed_and_resumed(reference, tiny_market, tmp_path):
-    """fast-reid's own flags, two "machines" on localhost (``--num-gpus 2 --num-machines 2
-    --machine-rank 0/1 --dist-url tcp://127.0.0.1:PORT``).  Rank 3 (machine 1) hangs in
-    iteration 5 and is killed there (``kill -9``): every other process ends within seconds,
-    each machine with one line naming rank 3; ``--resume`` on both machines continues from the
-    last checkpoint (the end of epoch 1) and ends as the uninterrupted 1-process run."""
+def test_two_machines_of_two_killed_and_resumed(reference, tiny_market, tmp_path):
+    """Two "machines" of two processes on localhost, started with fast-reid's own flags
+    (``--num-gpus 2 --num-machines 2 --machine-rank 0/1 --dist-url tcp://127.0.0.1:PORT``).
+    Rank 3 (machine 1) hangs in iteration 5 and is killed there (``kill -9``): every other
+    process ends within seconds, each machine with one line naming rank 3.  ``--resume`` on
+    both machines, now started by ``torchrun --nnodes 2 --nproc-per-node 2``, continues from
+    the last checkpoint (the end of epoch 1) and ends as the uninterrupted 1-process run: the
+    losses of iterations 0-4 (fast-reid's launcher) and 4-7 (torchrun), the final weights and
+    the evaluation table."""
     run = _vit_run(tmp_path, tiny_market)
     url = f"tcp://127.0.0.1:{_free_port()}"
     flags = ["--num-gpus", "2", "--num-machines", "2", "--dist-url", url]
@@ -533,11 +532,7 @@ def test_fastreid_flags_two_machines_of_two_killed_and_resumed(reference, tiny_m
     assert len(lines[0]) == 1 and "3 (machine 1) stopped answering: its process ended or its " \
         "machine is unreachable" in lines[0][0], outs[0][-3000:]
     assert (run.out / "last_checkpoint").read_text().strip() == "model_0000.pth"
-    machines = [run.train_net(*flags, "--machine-rank", str(m), "--resume", wait=False)
-                for m in (0, 1)]
-    for p in machines:
-        run.finish(p)
-    assert "Rank of current process: 0. World size: 4" in run.log
+    torchrun_nodes(run, 2, 2, "--resume")
     _assert_same_as_reference(reference, run, 4)
 
 

@@ -26,8 +26,9 @@ another's time, and the run also stops at that overall deadline):
   bench_ckpt   the same in bf16 with activation checkpointing
   multi_gpu    ``pytest -m cuda`` over MULTI_GPU_TEST_FILES: NCCL at world size 2 (DDP, SyncBN,
                buffer broadcast); "skip" without a second GPU
-  launch       (--tiny only) bench/gpu/nccl_launch.py: train_net in a spawned worker (gloo on
-               CPU; on CUDA cuda_tests runs it with NCCL)
+  launch       (--tiny only) bench/gpu/nccl_launch.py: train_net --eval-only of train's
+               checkpoint in a spawned worker (gloo on CPU; on CUDA cuda_tests trains with it
+               under NCCL)
 
 Writes ``OUT/report.json`` (environment, each step's status pass / fail / skip, its figures with
 units in their names, targets met or not), ``OUT/summary.txt`` and ``OUT/log.txt`` (every step's
@@ -278,9 +279,9 @@ def train_opts(work):
                  "MODEL.BACKBONE.FEAT_DIM", "192", "MODEL.BACKBONE.STRIDE_SIZE", "(16, 16)",
                  "INPUT.SIZE_TRAIN", "[64, 32]", "INPUT.SIZE_TEST", "[64, 32]",
                  "INPUT.PADDING.SIZE", "2", "DATASETS.SYNTHETIC.HEIGHT", "64",
-                 "DATASETS.SYNTHETIC.WIDTH", "32", "DATASETS.SYNTHETIC.NUM_TRAIN_IDS", "8",
+                 "DATASETS.SYNTHETIC.WIDTH", "32", "DATASETS.SYNTHETIC.NUM_TRAIN_IDS", "6",
                  "DATASETS.SYNTHETIC.NUM_TEST_IDS", "8", "SOLVER.IMS_PER_BATCH", "16",
-                 "SOLVER.MAX_EPOCH", "2", "SOLVER.CHECKPOINT_PERIOD", "1",  # 2 x 6 iterations
+                 "SOLVER.MAX_EPOCH", "2", "SOLVER.CHECKPOINT_PERIOD", "1",  # 2 x 4 iterations
                  "TEST.EVAL_PERIOD", "2", "SOLVER.LOG_PERIOD", "2",
                  "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_DEVICE", "cpu",
                  "TEST.IMS_PER_BATCH", "32"]
@@ -430,30 +431,31 @@ def step_eval_only(r, trained):
                     output=out)
 
 
-def step_launch(r):
-    out_dir = os.path.join(ARGS.work, "launch")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    opts, _ = train_opts(ARGS.work)
-    opts = [x for x in opts]
-    i = opts.index("OUTPUT_DIR")
-    opts[i + 1] = out_dir
-    i = opts.index("SOLVER.MAX_EPOCH")
-    opts[i + 1] = "1"
+def step_launch(r, trained):
+    """nccl_launch.py (gloo on CPU): ``--eval-only`` of the training's checkpoint in a spawned
+    worker of the plugin's launch worker: the worker's process group, its backend and an
+    evaluation under it, without a second training."""
+    if not trained or not trained["final"]:
+        return r.record("launch", "fail", note="no checkpoint: the train step did not write "
+                                               "model_final.pth")
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    opts = list(trained["opts"])
+    opts[opts.index("OUTPUT_DIR") + 1] = os.path.join(ARGS.work, "launch")
     cmd = [PY, "bench/gpu/nccl_launch.py", "--dist-url", f"tcp://127.0.0.1:{port}",
-           "--config-file", "configs/GLTrans/synthetic_demo.yml", *opts,
-           "SOLVER.CHECKPOINT_PERIOD", "1", "TEST.EVAL_PERIOD", "1"]
+           *trained["cfg"], "--eval-only", *opts, "MODEL.WEIGHTS", trained["final"]]
     rc, out, wall, limit = r.run("launch", cmd, py_env())
     backend = re.findall(r"BACKEND (\w+)", out)
     want = "nccl" if ARGS.device == "cuda" else "gloo"
-    ok = rc == 0 and backend[-1:] == [want] and os.path.isfile(
-        os.path.join(out_dir, "model_final.pth"))
+    table = eval_table(out)
+    ok = rc == 0 and backend[-1:] == [want] and table == trained["table"]
     r.record("launch", "pass" if ok else "fail", wall, limit, rc,
-             {"backend": backend[-1] if backend else None}, note=f"backend {backend}", output=out)
+             {"backend": backend[-1] if backend else None, "eval (percent)": table},
+             note=f"backend {backend}, the training's table: {table == trained['table']}",
+             output=out)
 
 
 def step_eval(r):
@@ -521,12 +523,13 @@ def main(argv=None):
         "bench_fp16": lambda: step_bench(r, "bench_fp16", "fp16"),
         "bench_ckpt": lambda: step_bench(r, "bench_ckpt", "bf16", ["--grad-ckpt"]),
         "multi_gpu": lambda: step_multi_gpu(r, state["env"]),
-        "launch": lambda: step_launch(r),
+        "launch": lambda: step_launch(r, state["trained"]),
     }
     for name in order:
-        # env always runs: the GPU count decides the multi_gpu step; eval_only needs train
-        if name not in wanted and name != "env" and not (name == "train"
-                                                         and "eval_only" in wanted):
+        # env always runs: the GPU count decides the multi_gpu step; eval_only and launch
+        # evaluate train's checkpoint
+        if name not in wanted and name != "env" and not (
+                name == "train" and {"eval_only", "launch"} & set(wanted)):
             continue
         if r.remaining() < 3:
             r.record(name, "fail", note="no time left in the run's budget")

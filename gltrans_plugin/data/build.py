@@ -13,8 +13,9 @@ import os
 
 from fastreid.data.datasets import DATASET_REGISTRY
 
-from .datasets import CameraLayout, camera_index, check_dataset_root, synthetic_kwargs, \
-    unseen_camera
+from .cameras import CameraLayout, camera_index, unseen_camera
+from .checks import check_dataset_root
+from .datasets import synthetic_kwargs
 from .folder import folder_kwargs
 from .veri import veri_kwargs
 

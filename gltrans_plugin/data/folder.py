@@ -4,7 +4,7 @@
 
 - ``ROOT``: a folder holding ``bounding_box_train/``, ``query/`` and ``bounding_box_test/``
   whose images are named ``<pid>_c<camera>...`` (``0002_c1s1_000451_03.jpg``; camera numbers
-  1-based as in Market-1501, any number of digits, read by ``datasets.parse_market_name`` as
+  1-based as in Market-1501, any number of digits, read by ``names.parse_market_name`` as
   fast-reid's Market-1501 reader and the tools read them; pid -1 = junk, skipped as fast-reid
   does;
   ``.jpg`` / ``.jpeg`` / ``.png`` / ``.bmp``; other files are ignored), or
@@ -43,7 +43,8 @@ from collections import Counter, defaultdict
 from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.datasets.bases import ImageDataset
 
-from .datasets import DatasetError, parse_market_name
+from .checks import DatasetError
+from .names import parse_market_name
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,8 @@ import re
 from typing import List, Sequence
 
 from ..errors import UserError
-from .datasets import DatasetError, parse_market_name
+from .checks import DatasetError
+from .names import parse_market_name
 from .folder import IMAGE_EXTENSIONS
 
 __all__ = ["CAMID_STYLES", "ImageInputError", "camids_from_names", "image_camids",
@@ -98,7 +99,7 @@ def image_camids(paths, list_camids, camid=None, camid_from_name=None):
 
 def camids_from_names(paths: Sequence[str], style: str = "market") -> List[int]:
     """0-based camera ids parsed from file names: ``market`` = Market-1501 / DukeMTMC names
-    ``<pid>_c<cam>...`` (camera 3 -> 2, c10 -> 9; ``datasets.parse_market_name``)."""
+    ``<pid>_c<cam>...`` (camera 3 -> 2, c10 -> 9; ``names.parse_market_name``)."""
     if style not in CAMID_STYLES:
         raise ValueError(f"camera-id style {style!r}: use one of {CAMID_STYLES}.")
     fix = ("no camera id can be read from its name: give --camid N, or a list file with a "

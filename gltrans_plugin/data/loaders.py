@@ -19,7 +19,7 @@ from ..devices import loader_device
 from .build import build_dataset, camera_layout, test_camera_map
 from .checks import check_identities, check_test_set
 from .common import RobustCommDataset
-from .datasets import check_train_set
+from .checks import check_train_set
 from .samplers import wrap_sampler
 from .validation import split_validation, val_enabled
 

@@ -42,7 +42,7 @@ from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.datasets.bases import ImageDataset
 from fastreid.data.datasets.veri import VeRi
 
-from .datasets import DatasetError, check_dataset_root
+from .checks import DatasetError, check_dataset_root
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ items.  Position of a match = number of valid items ranked before it, so per chu
 2. gather the distances of the chunk's same-identity items (few per query): matches, junk;
 3. order every item by the exact int64 key ``(row, distance bits, gallery index)``; S holds,
    row after row, the sorted keys of the row's matches and a sentinel above the row's keys;
-4. scan the chunk in blocks of rows (in threads): keep the items at or below their row's
+4. scan the chunk in blocks of rows (in threads on CPU): keep the items at or below their row's
    farthest match (one comparison + ``nonzero``; for a useful model most of a row is farther
    away), ``searchsorted`` each kept key into S and ``bincount`` the bins: no sort of the kept
    items and no identity lookup for them;
@@ -33,6 +33,10 @@ lower index ranks first): the result is exactly that of fastreid's code with
 ``np.argsort(..., kind="stable")``, and equals fastreid's whenever its argsort keeps equal
 distances in index order (always when no two valid items of a row share a distance).
 ``-0.0`` and ``0.0`` are equal distances; non-finite features raise ``ValueError``.
+
+Every step is torch on the chunk's device: on a GPU the ranking stays there (ids, keys,
+positions, AP, INP, CMC) and the host receives only the final per-query arrays; on CPU the
+same code runs, blocks of rows in threads.  One implementation for both.
 
 Memory: features + one C x G float32 chunk (two with ``overlap``) + per-block buffers bounded
 by ``_BLOCK_ELEMS`` rows x G entries, never Q x G.
@@ -142,110 +146,85 @@ def full_fp32_matmul(device):
         mm.allow_tf32 = old
 
 
-def _ordered_bits(d: np.ndarray) -> np.ndarray:
-    """float32 -> int64 in [0, 2^32) with the same order (and -0.0 == 0.0)."""
-    i = (np.asarray(d, dtype=np.float32) + np.float32(0.0)).view(np.int32)  # -0.0 -> +0.0
-    i ^= (i >> 31) & np.int32(0x7FFFFFFF)  # negative floats: reverse their order (signed int32)
-    return i.astype(np.int64) + (1 << 31)
+def _ordered_bits(d):
+    """float32 -> int64 in [0, 2^32) with the same order (and -0.0 == 0.0); a tensor (on any
+    device) or a numpy array, returned as the same kind."""
+    if isinstance(d, np.ndarray) or not torch.is_tensor(d):
+        return _ordered_bits(torch.from_numpy(np.asarray(d, dtype=np.float32))).numpy()
+    i = (d.to(torch.float32) + 0.0).view(torch.int32)  # -0.0 + 0.0 = +0.0
+    i = i ^ ((i >> 31) & 0x7FFFFFFF)  # negative floats: reverse their order (signed int32)
+    return i.to(torch.int64) + (1 << 31)
 
 
 class _SamePidIndex:
     """Gallery items grouped by identity, to list a query's same-pid items without a scan."""
 
-    def __init__(self, g_pids: np.ndarray):
-        self.order = np.argsort(g_pids, kind="stable")  # G, ascending pid, then index
-        self.sorted_pids = g_pids[self.order]
+    def __init__(self, g_pids: torch.Tensor):
+        self.sorted_pids, self.order = torch.sort(g_pids, stable=True)  # G, by pid then index
 
-    def lookup(self, q_pids: np.ndarray):
-        """(row, gallery index) of every same-pid pair, grouped by row."""
-        lo = np.searchsorted(self.sorted_pids, q_pids, side="left")
-        hi = np.searchsorted(self.sorted_pids, q_pids, side="right")
-        counts = hi - lo
-        rows = np.repeat(np.arange(len(q_pids)), counts)  # P
-        starts = np.repeat(lo - (np.cumsum(counts) - counts), counts)
-        return rows, self.order[np.arange(int(counts.sum())) + starts]
+    def lookup(self, q_pids: torch.Tensor):
+        """(row, gallery index) of every same-pid pair, grouped by row (P each)."""
+        lo = torch.searchsorted(self.sorted_pids, q_pids, right=False)
+        counts = torch.searchsorted(self.sorted_pids, q_pids, right=True) - lo
+        rows = torch.repeat_interleave(torch.arange(len(q_pids), device=q_pids.device), counts)
+        starts = torch.repeat_interleave(lo - (torch.cumsum(counts, 0) - counts), counts)
+        return rows, self.order[torch.arange(len(rows), device=q_pids.device) + starts]
 
 
 # Bound on the rounding of ``1 - s`` for |1 - s| <= 2: a few ulps of 2.0 (float32).
-_SIM_MARGIN = np.float32(4 * np.spacing(np.float32(2.0)))
+_SIM_MARGIN = float(4 * np.spacing(np.float32(2.0)))
 # Distances scanned together on CPU (rows of a chunk per block): the block's mask stays in
-# cache and the candidate arrays of one block stay small even when every item is a candidate.
+# cache and its candidate arrays stay small even when every item of a row is a candidate.  On
+# a GPU a block is the whole chunk (few large kernels, few host synchronisations).
 _BLOCK_ELEMS = 1 << 21
+_DEVICE_BLOCK_ELEMS = 1 << 30
 
 
-def _gather(chunk: torch.Tensor, rows: np.ndarray, cols: np.ndarray, sim: bool) -> np.ndarray:
+def _gather(chunk: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, sim: bool):
     """float32 distances at (rows, cols) of a chunk (``1 - s`` when ``sim``)."""
-    if chunk.device.type == "cpu":
-        d = chunk.numpy()[rows, cols]
-    else:
-        d = chunk[torch.from_numpy(rows).to(chunk.device),
-                  torch.from_numpy(cols).to(chunk.device)].cpu().numpy()
-    return np.float32(1.0) - d if sim else d
+    d = chunk[rows, cols]
+    return 1.0 - d if sim else d
 
 
-def _block_bins(a: np.ndarray, r0: int, r1: int, thr: np.ndarray, sim: bool, S: np.ndarray,
-                seg_start: np.ndarray, seg_end: np.ndarray, shift: int, gbits: int):
-    """Bin counts of the candidates of rows ``r0:r1`` of a C x G numpy chunk.
+def _block_bins(chunk: torch.Tensor, r0: int, r1: int, thr: torch.Tensor, sim: bool,
+                S: torch.Tensor, seg_start: torch.Tensor, seg_end: torch.Tensor, shift: int,
+                gbits: int):
+    """Bin counts of the candidates of rows ``r0:r1`` of a C x G chunk.
 
     A candidate is an entry at or below its row's threshold ``thr`` (with ``sim``, a
     similarity at or above ``1 - thr``, less a rounding margin: a few entries just above
     ``thr`` may be kept; they land in the row's sentinel bin).  Its bin is the first key of S
-    above its key.  Returns (s0, s1, counts of S[s0:s1]) or None when nothing is kept.  Numpy
-    releases the GIL in the heavy steps, so blocks can run in threads."""
-    G = a.shape[1]
-    blk = a[r0:r1]  # rows x G, contiguous
-    if sim:
-        mask = blk >= (np.float32(1.0) - thr[r0:r1] - _SIM_MARGIN)[:, None]
-    else:
-        mask = blk <= thr[r0:r1, None]
-    idx = np.flatnonzero(mask)  # M, row by row
-    if idx.size == 0:
+    above its key.  Returns (s0, s1, counts of S[s0:s1]) or None when nothing is kept."""
+    G = chunk.shape[1]
+    blk = chunk[r0:r1]  # rows x G
+    t = thr[r0:r1]
+    mask = blk >= (1.0 - t - _SIM_MARGIN)[:, None] if sim else blk <= t[:, None]
+    idx = mask.view(-1).nonzero().squeeze(1)  # M, row by row
+    if idx.numel() == 0:
         return None
     d = blk.reshape(-1)[idx]
     if sim:
-        d = np.float32(1.0) - d  # the same bits as fastreid's 1 - (q @ g.T)
-    r = np.repeat(np.arange(r0, r1, dtype=np.int64), np.count_nonzero(mask, axis=1))
-    # key (row, bits, col) = row << shift | bits << gbits | (idx - (row - r0) * G)
-    keys = r * ((1 << shift) - G)
-    keys += idx + r0 * G
-    keys += _ordered_bits(d) << gbits
-    s0, s1 = int(seg_start[r[0]]), int(seg_end[r[-1]])  # the block's rows in S
-    b = np.searchsorted(S[s0:s1], keys, side="right")
-    return s0, s1, np.bincount(b, minlength=s1 - s0)
+        d = 1.0 - d  # the same bits as fastreid's 1 - (q @ g.T)
+    r = torch.div(idx, G, rounding_mode="floor") + r0
+    keys = (r << shift) | (_ordered_bits(d) << gbits) | (idx - (r - r0) * G)
+    s0, s1 = int(seg_start[r0]), int(seg_end[r1 - 1])  # the block's rows in S
+    b = torch.searchsorted(S[s0:s1], keys, right=True)
+    return s0, s1, torch.bincount(b, minlength=s1 - s0)
 
 
-def _device_bins(blk: torch.Tensor, r0: int, thr: np.ndarray, sim: bool, S: np.ndarray,
-                 shift: int, gbits: int) -> np.ndarray:
-    """Bin counts (len(S)) of the candidates of rows ``r0:`` (``blk``, on any device): one
-    comparison + ``nonzero`` there, then only the kept entries go to the host."""
-    G = blk.shape[1]
-    t = torch.from_numpy(thr).to(blk.device).unsqueeze(1)
-    mask = blk >= (1.0 - t - float(_SIM_MARGIN)) if sim else blk <= t
-    idx = mask.view(-1).nonzero().squeeze(1)
-    d = blk.reshape(-1)[idx].cpu().numpy()
-    if sim:
-        d = np.float32(1.0) - d
-    r, c = np.divmod(idx.cpu().numpy(), G)
-    r += r0
-    keys = (r << shift) | (_ordered_bits(d) << gbits) | c
-    return np.bincount(np.searchsorted(S, keys, side="right"), minlength=len(S))
-
-
-def _candidate_bins(chunk: torch.Tensor, thr: np.ndarray, sim: bool, S: np.ndarray,
-                    seg_start: np.ndarray, seg_end: np.ndarray, shift: int, gbits: int,
-                    counts: np.ndarray, pool=None) -> None:
-    """Add to ``counts`` (len(S)) the number of candidates of the chunk in each bin of S."""
+def _candidate_bins(chunk: torch.Tensor, thr: torch.Tensor, sim: bool, S: torch.Tensor,
+                    seg_start: torch.Tensor, seg_end: torch.Tensor, shift: int, gbits: int,
+                    counts: torch.Tensor, pool=None) -> None:
+    """Add to ``counts`` (len(S)) the number of candidates of the chunk in each bin of S,
+    block of rows after block of rows (in ``pool``'s threads when given: torch releases the
+    GIL)."""
     C, G = chunk.shape
-    live = np.flatnonzero(thr > -np.inf)  # rows with no match keep nothing
-    if live.size == 0:
+    live = (thr > -float("inf")).nonzero().squeeze(1)  # rows with no match keep nothing
+    if live.numel() == 0:
         return
     lo_r, hi_r = int(live[0]), int(live[-1]) + 1
-    if chunk.device.type != "cpu":
-        counts += _device_bins(chunk[lo_r:hi_r], lo_r, thr[lo_r:hi_r], sim, S, shift, gbits)
-        return
-    a = chunk.numpy()
-    step = max(1, _BLOCK_ELEMS // G)
-    args = [(a, r0, min(r0 + step, hi_r), thr, sim, S, seg_start, seg_end, shift, gbits)
+    step = max(1, (_BLOCK_ELEMS if chunk.device.type == "cpu" else _DEVICE_BLOCK_ELEMS) // G)
+    args = [(chunk, r0, min(r0 + step, hi_r), thr, sim, S, seg_start, seg_end, shift, gbits)
             for r0 in range(lo_r, hi_r, step)]
     results = pool.map(lambda x: _block_bins(*x), args) if pool is not None and len(args) > 1 \
         else (_block_bins(*x) for x in args)
@@ -255,9 +234,9 @@ def _candidate_bins(chunk: torch.Tensor, thr: np.ndarray, sim: bool, S: np.ndarr
             counts[s0:s1] += h
 
 
-def _chunk_metrics(chunk: torch.Tensor, sim: bool, rows: np.ndarray, cols: np.ndarray,
-                   q_camids, g_camids, gbits: int, pool=None):
-    """Metrics of one chunk.
+def _chunk_metrics(chunk: torch.Tensor, sim: bool, rows: torch.Tensor, cols: torch.Tensor,
+                   q_camids: torch.Tensor, g_camids: torch.Tensor, gbits: int, pool=None):
+    """Metrics of one chunk, on the chunk's device.
 
     chunk: C x G distances (or similarities when ``sim``); (rows, cols): the chunk's same-pid
     pairs (P), grouped by row.  Returns (valid C, first-match position C, AP C, INP C).
@@ -270,66 +249,74 @@ def _chunk_metrics(chunk: torch.Tensor, sim: bool, rows: np.ndarray, cols: np.nd
     the position of a match among the valid items is then the running count of candidates
     minus junk in its row's bins up to it."""
     C, G = chunk.shape
+    dev = chunk.device
     shift = 32 + gbits
     d_same = _gather(chunk, rows, cols, sim)  # P: matches and junk
     keys = (rows << shift) | (_ordered_bits(d_same) << gbits) | cols
     is_pos = g_camids[cols] != q_camids[rows]  # same camera: junk, dropped from the list
-    n_pos = np.bincount(rows[is_pos], minlength=C)  # C
+    n_pos = torch.bincount(rows[is_pos], minlength=C)  # C
     valid = n_pos > 0
-    first = np.zeros(C, dtype=np.int64)
-    ap = np.zeros(C, dtype=np.float64)
-    inp = np.zeros(C, dtype=np.float64)
-    if not valid.any():
+    first = torch.zeros(C, dtype=torch.int64, device=dev)
+    ap = torch.zeros(C, dtype=torch.float64, device=dev)
+    inp = torch.zeros(C, dtype=torch.float64, device=dev)
+    if not bool(valid.any()):
         return valid, first, ap, inp
 
-    sentinel = ((np.arange(C, dtype=np.int64) + 1) << shift) - 1  # above every key of its row
-    S = np.sort(np.concatenate([keys[is_pos], sentinel]))  # P' + C, row by row
-    seg_end = np.cumsum(n_pos + 1)  # C; a row's S entries: its matches, then its sentinel
+    ar = torch.arange(C, dtype=torch.int64, device=dev)
+    sentinel = ((ar + 1) << shift) - 1  # above every key of its row
+    S = torch.sort(torch.cat([keys[is_pos], sentinel])).values  # P' + C, row by row
+    seg_end = torch.cumsum(n_pos + 1, 0)  # C; a row's S entries: its matches, its sentinel
     seg_start = seg_end - n_pos - 1
     # junk ranked before a key is not counted (it is not in fastreid's list)
-    counts = -np.bincount(np.searchsorted(S, keys[~is_pos], side="right"), minlength=len(S))
-    thr = np.full(C, -np.inf, dtype=np.float32)
-    np.maximum.at(thr, rows[is_pos], d_same[is_pos])  # a row's farthest match
+    counts = -torch.bincount(torch.searchsorted(S, keys[~is_pos], right=True),
+                             minlength=len(S))
+    thr = torch.full((C,), -float("inf"), dtype=torch.float32, device=dev)
+    thr = thr.scatter_reduce(0, rows[is_pos], d_same[is_pos], reduce="amax")  # farthest match
     _candidate_bins(chunk, thr, sim, S, seg_start, seg_end, shift, gbits, counts, pool)
-    cum = np.concatenate([[0], np.cumsum(counts)])  # cum[i]: candidates - junk in bins < i
-    is_match = np.ones(len(S), dtype=bool)
+    cum = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])  # candidates - junk < i
+    is_match = torch.ones(len(S), dtype=torch.bool, device=dev)
     is_match[seg_end - 1] = False
-    pos_idx = np.flatnonzero(is_match)  # P', the matches' places in S, row by row
-    p_rows = np.repeat(np.arange(C), n_pos)
-    vi = np.flatnonzero(valid)
+    pos_idx = is_match.nonzero().squeeze(1)  # P', the matches' places in S, row by row
+    p_rows = torch.repeat_interleave(ar, n_pos)
     # position among valid items = candidates ranked before the match (they include the
     # matches before it and junk, which is subtracted) = cum[i + 1] - cum[row start]
-    rank = (cum[pos_idx + 1] - cum[seg_start[p_rows]]).astype(np.float64)
-    k_in_row = pos_idx - seg_start[p_rows]  # matches ranked before this one
-    np.add.at(ap, p_rows, (k_in_row + 1) / (rank + 1.0))  # precision at each match
-    ap[vi] /= n_pos[vi]
-    row_first = np.cumsum(n_pos[vi]) - n_pos[vi]  # offset of each valid row in pos_idx
-    first[vi] = rank[row_first].astype(np.int64)
-    inp[vi] = n_pos[vi] / (rank[row_first + n_pos[vi] - 1] + 1.0)
+    rank = (cum[pos_idx + 1] - cum[seg_start[p_rows]]).to(torch.float64)
+    k_in_row = (pos_idx - seg_start[p_rows]).to(torch.float64)  # matches ranked before it
+    ap.index_add_(0, p_rows, (k_in_row + 1) / (rank + 1.0))  # precision at each match
+    vi = valid.nonzero().squeeze(1)
+    ap[vi] /= n_pos[vi].to(torch.float64)
+    row_first = torch.cumsum(n_pos[vi], 0) - n_pos[vi]  # offset of each valid row in pos_idx
+    first[vi] = rank[row_first].to(torch.int64)
+    inp[vi] = n_pos[vi].to(torch.float64) / (rank[row_first + n_pos[vi] - 1] + 1.0)
     return valid, first, ap, inp
 
 
 def _ranking_loop(num_q: int, score_fn: Callable[[int, int, int], tuple], q_pids, g_pids,
                   q_camids, g_camids, max_rank: int, chunk_size: int, progress: bool,
-                  overlap: bool = False, threads: Optional[int] = None) -> RankMetrics:
-    """Score chunk by chunk with ``score_fn(start, end, slot)`` and gather the metrics.
+                  overlap: bool = False, threads: Optional[int] = None,
+                  device=None) -> RankMetrics:
+    """Score chunk by chunk with ``score_fn(start, end, slot)`` and gather the metrics, in
+    torch on ``device`` (default: that of the first chunk): ids, keys, positions, AP, INP and
+    CMC stay there, and only the final per-query arrays come to the host.
 
     overlap: the metrics of a chunk are computed in a worker thread while ``score_fn`` makes
     the next chunk (``slot`` alternates 0 / 1 so the two chunks can use separate buffers).
-    threads: worker threads that scan blocks of a chunk's rows for candidates (default: torch's
-    intra-op thread count, so no more cores are busy than during the products)."""
-    q_pids, g_pids = _ids(q_pids), _ids(g_pids)
-    q_camids, g_camids = _ids(q_camids), _ids(g_camids)
-    num_g = len(g_pids)
-    if len(q_pids) != num_q or len(q_camids) != num_q or len(g_camids) != num_g:
-        raise ValueError(f"ids do not match the features: {num_q} queries / {len(q_pids)} pids / "
-                         f"{len(q_camids)} camids, {num_g} gallery pids / {len(g_camids)} camids")
+    threads: worker threads scanning blocks of a chunk's rows for candidates (torch releases
+    the GIL in them; default: torch's intra-op thread count on CPU, where several of the
+    operations run on one core each, 1 on a GPU).  Same numbers for any value."""
+    ids = [_ids(x) for x in (q_pids, g_pids, q_camids, g_camids)]
+    num_g = len(ids[1])
+    if len(ids[0]) != num_q or len(ids[2]) != num_q or len(ids[3]) != num_g:
+        raise ValueError(f"ids do not match the features: {num_q} queries / {len(ids[0])} pids / "
+                         f"{len(ids[2])} camids, {num_g} gallery pids / {len(ids[3])} camids")
     if num_g == 0 or num_q == 0:
         raise ValueError("empty query or gallery set")
     if chunk_size < 1:
         raise ValueError(f"chunk size must be >= 1, got {chunk_size}; set TEST.CHUNK_SIZE.")
     if threads is None:
-        threads = torch.get_num_threads()
+        first_device = torch.device(device) if device is not None else None
+        threads = 1 if first_device is not None and first_device.type != "cpu" \
+            else torch.get_num_threads()
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     gbits = max(1, int(num_g - 1).bit_length())
@@ -338,9 +325,7 @@ def _ranking_loop(num_q: int, score_fn: Callable[[int, int, int], tuple], q_pids
     # int64 key = row | distance bits (32) | gallery index (gbits): rows per chunk are bounded
     chunk_size = min(chunk_size, (1 << (63 - 32 - gbits)) - 1)  # sentinel of the last row too
     max_rank = min(max_rank, num_g)
-    index = _SamePidIndex(g_pids)
 
-    valid_l, first_l, ap_l, inp_l = [], [], [], []
     n_chunks = -(-num_q // chunk_size)  # equal chunks: no small, inefficient last product
     bounds = [num_q * i // n_chunks for i in range(n_chunks + 1)]
     it = range(n_chunks)
@@ -350,10 +335,20 @@ def _ranking_loop(num_q: int, score_fn: Callable[[int, int, int], tuple], q_pids
         it = tqdm(it, desc="ranking", unit="chunk", leave=False)
     block_pool = ThreadPoolExecutor(threads) if threads > 1 else None
     chunk_pool = ThreadPoolExecutor(1) if overlap else None
+    state = {}
+    valid_l, first_l, ap_l, inp_l = [], [], [], []
+
+    def on(dev):
+        """The ids on ``dev`` (moved once) and the gallery's identity index there."""
+        if state.get("device") != dev:
+            q_p, g_p, q_c, g_c = (x.to(dev) for x in ids)
+            state.update(device=dev, q_p=q_p, q_c=q_c, g_c=g_c, index=_SamePidIndex(g_p))
+        return state
 
     def metrics(scores, sim, s, e):
-        rows, cols = index.lookup(q_pids[s:e])
-        return _chunk_metrics(scores, sim, rows, cols, q_camids[s:e], g_camids, gbits,
+        st = on(scores.device)
+        rows, cols = st["index"].lookup(st["q_p"][s:e])
+        return _chunk_metrics(scores, sim, rows, cols, st["q_c"][s:e], st["g_c"], gbits,
                               block_pool)
 
     def collect(res):
@@ -368,7 +363,7 @@ def _ranking_loop(num_q: int, score_fn: Callable[[int, int, int], tuple], q_pids
             if tuple(scores.shape) != (e - s, num_g):
                 raise ValueError(f"distance chunk has shape {tuple(scores.shape)}, "
                                  f"expected {(e - s, num_g)}")
-            scores = scores.to(torch.float32).contiguous()
+            scores = scores.to(device=device, dtype=torch.float32).contiguous()
             if chunk_pool is None:
                 collect(metrics(scores, sim, s, e))
                 continue
@@ -382,24 +377,25 @@ def _ranking_loop(num_q: int, score_fn: Callable[[int, int, int], tuple], q_pids
         for pool in (block_pool, chunk_pool):
             if pool is not None:
                 pool.shutdown(wait=True)
-    valid = np.concatenate(valid_l)
-    first = np.concatenate(first_l)[valid]
+    valid = torch.cat(valid_l)
+    first = torch.cat(first_l)[valid]
     num_valid = int(valid.sum())
     if num_valid == 0:
         raise ValueError("no query has a valid match in the gallery (every query identity is "
                          "missing or only seen by the query's own camera)")
     # fastreid: float32 0/1 CMC rows summed and divided by the float32 count of valid queries
-    hits = np.bincount(np.minimum(first, max_rank), minlength=max_rank + 1)[:max_rank]
-    cmc = np.cumsum(hits).astype(np.float32) / np.float32(num_valid)
-    return RankMetrics(cmc=cmc, all_AP=np.concatenate(ap_l)[valid],
-                       all_INP=np.concatenate(inp_l)[valid], num_valid=num_valid,
-                       valid_query=valid)
+    hits = torch.bincount(first.clamp(max=max_rank), minlength=max_rank + 1)[:max_rank]
+    cmc = torch.cumsum(hits, 0).to(torch.float32) / torch.tensor(
+        num_valid, dtype=torch.float32, device=hits.device)
+    return RankMetrics(cmc=cmc.cpu().numpy(), all_AP=torch.cat(ap_l)[valid].cpu().numpy(),
+                       all_INP=torch.cat(inp_l)[valid].cpu().numpy(), num_valid=num_valid,
+                       valid_query=valid.cpu().numpy())
 
 
-def _ids(x) -> np.ndarray:
-    if torch.is_tensor(x):
-        x = x.cpu().numpy()
-    return np.asarray(x).astype(np.int64).reshape(-1)
+def _ids(x) -> torch.Tensor:
+    if not torch.is_tensor(x):
+        x = torch.from_numpy(np.asarray(x).astype(np.int64))
+    return x.to(torch.int64).reshape(-1)
 
 
 @torch.no_grad()
@@ -423,10 +419,11 @@ def evaluate_ranking(q_feats: torch.Tensor, g_feats: torch.Tensor, q_pids, g_pid
         inplace: cosine features may be normalised in place (saves a Q x D + G x D copy).
         overlap: rank chunk n in a worker thread while chunk n + 1's distances are computed
             (two chunk buffers instead of one).  Same numbers either way.
-        threads: worker threads scanning a chunk's rows for candidates (CPU; default
-            ``torch.get_num_threads()``).  Same numbers for any value.
+        threads: worker threads scanning a chunk's rows for candidates (default
+            ``torch.get_num_threads()`` on CPU, 1 on a GPU).  Same numbers for any value.
     Returns:
-        :class:`RankMetrics` (same numbers as fastreid's ``evaluate_rank``).
+        :class:`RankMetrics` (same numbers as fastreid's ``evaluate_rank``), computed on
+        ``device`` in torch; only the final per-query arrays come to the host.
     """
     device = torch.device(device) if device is not None else q_feats.device
     if not prepared:
@@ -445,7 +442,7 @@ def evaluate_ranking(q_feats: torch.Tensor, g_feats: torch.Tensor, q_pids, g_pid
         return _chunk_scores(q_feats[s:e], g_feats, metric, g_sq, out=out)
 
     return _ranking_loop(len(q_feats), score_fn, q_pids, g_pids, q_camids, g_camids,
-                         max_rank, chunk_size, progress, overlap, threads)
+                         max_rank, chunk_size, progress, overlap, threads, device)
 
 
 @torch.no_grad()

@@ -254,8 +254,8 @@ def images_read_as_rgb():
 def reader_names_checked():
     # fastreid/data/datasets/market1501.py, dukemtmcreid.py: process_dir reads camera c10 as
     # camera 1 (pattern ``_c(\d)``) and fails on a bad name without naming it; their names are
-    # now read by the plugin's one Market-style name reader (data.datasets.parse_market_name):
+    # now read by the plugin's one Market-style name reader (data.names.parse_market_name):
     # any number of camera digits, a camera or identity out of the set's range named with its file.
-    from ..data.datasets import use_market_name_parser
+    from ..data.names import use_market_name_parser
 
     use_market_name_parser()

@@ -18,7 +18,7 @@ from gltrans_plugin.data import (
     clear_dataset_cache,
     generate_synthetic_reid,
 )
-from gltrans_plugin.data.datasets import DatasetError
+from gltrans_plugin.data.checks import DatasetError
 from gltrans_plugin.data.build import fill_num_cameras
 from gltrans_plugin.engine import Trainer
 

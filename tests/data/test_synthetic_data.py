@@ -23,13 +23,9 @@ from PIL import Image
 from gltrans_plugin.config import add_gltrans_config
 from helpers import REPO
 from gltrans_plugin.data import synthetic
-from gltrans_plugin.data.datasets import (
-    MSMT17TrainVal,
-    SyntheticReID,
-    camera_index,
-    check_dataset_root,
-    synthetic_kwargs,
-)
+from gltrans_plugin.data.cameras import camera_index
+from gltrans_plugin.data.checks import check_dataset_root
+from gltrans_plugin.data.datasets import MSMT17TrainVal, SyntheticReID, synthetic_kwargs
 from gltrans_plugin.data.synthetic import generate_synthetic_reid, read_manifest
 
 SMALL = dict(num_train_ids=6, num_test_ids=5, num_cameras=3, images_per_id_cam=2,

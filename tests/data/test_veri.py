@@ -13,7 +13,7 @@ import torch
 import gltrans_plugin  # noqa: F401  (registers the datasets)
 from gltrans_plugin.config import setup_cfg
 from gltrans_plugin.data import build_dataset, clear_dataset_cache, fill_num_views
-from gltrans_plugin.data.datasets import DatasetError
+from gltrans_plugin.data.checks import DatasetError
 from gltrans_plugin.data.veri import VeRiViews
 from gltrans_plugin.engine import Trainer
 

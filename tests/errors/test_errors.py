@@ -17,7 +17,7 @@ from helpers import resnet_cfg, write_tiny_market
 import gltrans_plugin  # noqa: F401
 from gltrans_plugin import checkpoint, errors
 from gltrans_plugin.checkpoint import CheckpointError, PickledCheckpointError
-from gltrans_plugin.data.datasets import DatasetError
+from gltrans_plugin.data.checks import DatasetError
 from gltrans_plugin.engine import Trainer
 
 PY = sys.executable

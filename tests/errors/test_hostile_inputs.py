@@ -18,7 +18,7 @@ import gltrans_plugin  # noqa: F401  (patches first)
 from gltrans_plugin import errors
 from gltrans_plugin.checkpoint import CheckpointError, load_file, load_state_dict
 from gltrans_plugin.config import ConfigFileError, setup_cfg
-from gltrans_plugin.data.datasets import DatasetError
+from gltrans_plugin.data.checks import DatasetError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "tools"))
@@ -443,7 +443,7 @@ def test_damaged_index_folder_names_the_file(index_dir, case, what):
 @pytest.mark.parametrize("case", ["OUTPUT_DIR is a file", "a folder under a file",
                                   "FASTREID_DATASETS is a file"])
 def test_a_file_where_a_folder_is_needed_is_named(tmp_path, case):
-    from gltrans_plugin.data.datasets import check_dataset_root
+    from gltrans_plugin.data.checks import check_dataset_root
 
     blocker = tmp_path / "blocker"
     blocker.write_text("a file")

@@ -134,7 +134,7 @@ print("FIXED" if found == [3, 6] else "BROKEN")
 import os, tempfile
 from PIL import Image
 from fastreid.data.datasets.market1501 import Market1501
-from gltrans_plugin.data.datasets import DatasetError
+from gltrans_plugin.data.checks import DatasetError
 d = tempfile.mkdtemp(); Image.new("RGB", (4, 8)).save(os.path.join(d, "photo.jpg"))
 try:
     Market1501.process_dir(Market1501.__new__(Market1501), d)
