@@ -30,6 +30,9 @@ import traceback
 __all__ = [
     "DEBUG_ENV",
     "DiskFullError",
+    "last_checkpoint",
+    "nan_advice",
+    "resume_advice",
     "EXIT_INTERNAL",
     "EXIT_USER",
     "NonFiniteFeaturesError",
@@ -100,10 +103,45 @@ class DiskFullError(UserError, OSError):
     def __init__(self, path):
         folder = os.path.dirname(os.path.abspath(path))
         super().__init__(f"no space left on the device of {folder} while writing "
-                         f"{os.path.basename(path)}", path,
-                         "free disk space there (or set OUTPUT_DIR to another disk) and run "
-                         "again with --resume; the previous checkpoint is intact")
+                         f"{os.path.basename(path)}", path, resume_advice(folder, "free disk "
+                                                                                 "space there"))
         self.errno, self.filename = errno.ENOSPC, path
+
+
+def last_checkpoint(output_dir):
+    """The checkpoint ``OUTPUT_DIR/last_checkpoint`` names, when that file exists, else None."""
+    try:
+        with open(os.path.join(output_dir, "last_checkpoint")) as f:
+            name = f.read().strip()
+    except OSError:
+        return None
+    path = os.path.join(output_dir, name)
+    return path if name and os.path.isfile(path) else None
+
+
+def resume_advice(output_dir, first):
+    """What to do after a stop, from the folder's state: ``first``, then --resume where a
+    checkpoint exists (it is intact: writes are atomic), else a fresh start into the folder."""
+    ck = last_checkpoint(output_dir)
+    if ck:
+        return (f"{first}, then run the same command again with --resume (it continues from "
+                f"{os.path.basename(ck)}, which is intact); a run moved to another disk needs "
+                f"that folder copied there first")
+    return (f"{first}, then start the run again with --overwrite (no checkpoint was saved in "
+            f"{output_dir} yet)")
+
+
+def nan_advice(output_dir):
+    """What to do after a NaN / infinite loss, from ``output_dir``'s state (None: unknown)."""
+    tail = ("with a lower SOLVER.BASE_LR or a longer warm-up (SOLVER.WARMUP_EPOCHS); or check "
+            "the inputs of that branch.")
+    ck = last_checkpoint(output_dir) if output_dir else None
+    if output_dir and ck is None:
+        return f"No checkpoint was saved in {output_dir} yet: start again (--overwrite) {tail}"
+    where = ck or "<OUTPUT_DIR>/<the file last_checkpoint names>"
+    return ("--resume would restore the checkpoint's learning-rate schedule and diverge again: "
+            f"instead start a new run from its weights, MODEL.WEIGHTS {where} without --resume "
+            f"and with another OUTPUT_DIR, {tail}")
 
 
 def set_log_dir(output_dir):

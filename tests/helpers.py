@@ -141,3 +141,64 @@ class NaNLossModel(torch.nn.Module):
         bad = torch.tensor(float("nan") if self.calls == self.bad_at else 0.0)
         self.calls += 1
         return {"loss_ce_global": out ** 2, "loss_triplet_local": out.abs() * 0 + bad}
+
+
+# ------------------------------------------------ GLTrans steps on a device (CPU and CUDA tests)
+def make_batch(device, b=16, size=(128, 64), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = {"images": torch.rand(b, 3, *size, generator=g) * 255,
+           "targets": torch.arange(b) // 4 % 8, "camids": torch.arange(b) % 3}
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def amp_steps(device, dtype, steps=3, size=(128, 64), b=16):
+    """``steps`` training steps of fast-reid's AMPTrainer (the plugin's run_step) with
+    SOLVER.AMP.DTYPE ``dtype``; returns (total losses, max weight change, trainer, the
+    GradScaler's scale after each step)."""
+    from fastreid.engine.train_loop import AMPTrainer
+    from fastreid.modeling.meta_arch import build_model
+    from fastreid.utils.events import EventStorage
+
+    torch.manual_seed(0)
+    model = build_model(gltrans_cfg(device, size)).train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    batches = [make_batch(device, b, size, seed=i) for i in range(steps)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    trainer = AMPTrainer(model, batches, opt, None)
+    trainer.amp_dtype = dtype
+    losses, scales = [], [trainer.grad_scaler.get_scale()]
+    with EventStorage(0) as storage:
+        for i in range(steps):
+            trainer.iter = storage.iter = i
+            trainer.run_step()
+            losses.append(storage.history("total_loss").latest())
+            scales.append(trainer.grad_scaler.get_scale())
+    moved = max(float((p.detach() - before[n]).abs().max()) for n, p in model.named_parameters())
+    return losses, moved, trainer, scales
+
+
+def check_amp_steps(device, dtype, **kw):
+    losses, moved, trainer, scales = amp_steps(device, dtype, **kw)
+    assert all(np.isfinite(losses)), losses
+    assert moved > 0, "no weight moved"
+    assert trainer.grad_scaler.is_enabled()
+    return losses, scales
+
+
+def check_flip(device, size=(128, 64)):
+    """flip_features on ``device``: mean of the raw and the flipped pass, inputs untouched."""
+    from fastreid.modeling.meta_arch import build_model
+
+    from gltrans_plugin.evaluation.inference import flip_features
+
+    torch.manual_seed(0)
+    model = build_model(gltrans_cfg(device, size)).eval()
+    inputs = make_batch(device, b=4, size=size)
+    raw = inputs["images"].clone()
+    with torch.no_grad():
+        got = flip_features(model, inputs, flip_test=True)
+        a = model({**inputs, "images": raw.clone()})
+        b = model({**inputs, "images": raw.flip(dims=[3])})
+    assert torch.equal(inputs["images"], raw), "the flip test changed its inputs"
+    torch.testing.assert_close(got, (a + b) / 2, atol=1e-5, rtol=1e-5)
+    return model, inputs, got

@@ -63,10 +63,10 @@ BUDGETS = {"env": 15, "cuda_tests": 125, "train": 65, "eval_only": 25, "eval_ben
            "bench_bf16": 55, "bench_fp16": 25, "bench_ckpt": 25, "multi_gpu": 45}
 TEST_LIMIT = 60  # seconds per CUDA test (GPU_CHECK_TEST_LIMIT): a hung test fails alone
 TINY_BUDGETS = {k: 240 for k in [*BUDGETS, "launch"]}  # shared CPUs: generous
-# every test file with CUDA tests (marked ``cuda``); tests/test_gpu_check.py checks the lists
+# every test file with CUDA tests (marked ``cuda``); tests/gpu/test_gpu_check.py checks the lists
 CUDA_TEST_FILES = ["tests/evaluation/test_evaluation.py", "tests/extractor/test_extractor.py",
-                   "tests/test_cuda.py"]
-MULTI_GPU_TEST_FILES = ["tests/test_distributed.py"]  # world size 2 over NCCL: two GPUs
+                   "tests/gpu/test_cuda.py"]
+MULTI_GPU_TEST_FILES = ["tests/distributed/test_distributed.py"]  # world size 2 over NCCL: two GPUs
 
 
 # ----------------------------------------------------------------------------- running

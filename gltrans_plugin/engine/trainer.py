@@ -26,6 +26,7 @@ from ..data.validation import VAL_NAME, val_enabled
 from ..distributed import broadcast_buffers, convert_sync_batchnorm
 from ..evaluation import ChunkedReidEvaluator
 from ..evaluation.inference import inference_on_dataset
+from ..errors import NonFiniteLossError, UserError, nan_advice
 from ..evaluation.results import put_eval_results
 from .hooks import StopOnSignal, TrainingHealth
 from .results import log_before_after, write_results
@@ -35,6 +36,22 @@ logger = logging.getLogger(__name__)
 __all__ = ["Trainer", "checked_loads", "default_setup_gltrans"]
 
 RESUME_KEY = "--resume (OUTPUT_DIR/last_checkpoint)"  # names the file in messages
+
+
+class MissingCheckpointError(UserError, FileNotFoundError):
+    """``--resume`` where OUTPUT_DIR/last_checkpoint names a file that is gone."""
+
+    def __init__(self, path, output_dir):
+        import glob
+
+        others = sorted(os.path.basename(p) for p in glob.glob(
+            os.path.join(glob.escape(output_dir), "model_*.pth")))
+        super().__init__(
+            f"--resume: OUTPUT_DIR/last_checkpoint names {os.path.basename(path)}, which does "
+            f"not exist", path,
+            "restore the file, or write the name of another checkpoint of the folder into "
+            "last_checkpoint" + (f" (there: {', '.join(others[-3:])})" if others else "")
+            + ", or start again without --resume (--overwrite)")
 
 
 class Trainer(DefaultTrainer):
@@ -149,6 +166,8 @@ class Trainer(DefaultTrainer):
         uninterrupted run would have drawn there."""
         try:
             ck = self.checkpointer
+            if resume and ck.has_checkpoint() and not os.path.isfile(ck.get_checkpoint_file()):
+                raise MissingCheckpointError(ck.get_checkpoint_file(), self.cfg.OUTPUT_DIR)
             if not (resume and ck.has_checkpoint()):
                 out = super().resume_or_load(resume=resume)
             else:
@@ -167,6 +186,10 @@ class Trainer(DefaultTrainer):
     def train(self):
         try:
             return self._train()
+        except NonFiniteLossError as e:  # the advice that fits this run's folder
+            if not hasattr(e, "facts"):
+                raise
+            raise NonFiniteLossError(e.facts + " " + nan_advice(self.cfg.OUTPUT_DIR)) from None
         finally:  # fast-reid leaves the prefetch thread running; stop it
             self.stop_train_stream()
 

@@ -122,7 +122,7 @@ def nonfinite_loss_stops():
     from fastreid.engine import train_loop
     from fastreid.utils import comm
 
-    from ..errors import NonFiniteLossError
+    from ..errors import NonFiniteLossError, nan_advice
 
     original = train_loop.SimpleTrainer._write_metrics
 
@@ -142,16 +142,12 @@ def nonfinite_loss_stops():
             terms = ", ".join(f"{k}={v}" for k, v in bad.items())
             finite = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in loss_dict.items()
                                if not any(key.split(" (rank")[0] == k for key in bad))
-            raise NonFiniteLossError(
-                f"Loss became NaN or infinite at iteration {getattr(self, 'iter', '?')}: {terms}"
-                + (f" (finite: {finite})" if finite else "") + ". Training stopped before the "
-                "optimizer step, so the weights are still finite. --resume would restore the "
-                "checkpoint's learning-rate schedule and diverge again: instead start a new run "
-                "from the last checkpoint, MODEL.WEIGHTS <OUTPUT_DIR>/<the file last_checkpoint "
-                "names> without --resume and with another OUTPUT_DIR, with a lower "
-                "SOLVER.BASE_LR or a longer warm-up (SOLVER.WARMUP_EPOCHS); or check the inputs "
-                "of that branch."
-            )
+            facts = (f"Loss became NaN or infinite at iteration {getattr(self, 'iter', '?')}: "
+                     f"{terms}" + (f" (finite: {finite})" if finite else "") + ". Training "
+                     "stopped before the optimizer step, so the weights are still finite.")
+            err = NonFiniteLossError(facts + " " + nan_advice(None))
+            err.facts = facts  # the plugin's trainer adds advice from its OUTPUT_DIR's state
+            raise err
         return original(self, loss_dict, data_time, *args, **kwargs)
 
     train_loop.SimpleTrainer._write_metrics = _write_metrics

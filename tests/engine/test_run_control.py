@@ -124,3 +124,37 @@ def test_train_net_one_run_per_folder_and_sigterm(tiny_market, tmp_path):
     assert (tmp_path / "run" / "model_interrupted.pth").exists()
     fresh = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert fresh.returncode == 2 and "holds another run's checkpoints" in fresh.stderr
+
+
+def test_advice_follows_the_folders_state(tmp_path):
+    from gltrans_plugin.errors import DiskFullError, nan_advice
+
+    empty = str(tmp_path / "empty")
+    os.makedirs(empty)
+    assert nan_advice(empty).startswith(f"No checkpoint was saved in {empty} yet: start again "
+                                        f"(--overwrite) with a lower SOLVER.BASE_LR")
+    assert "--overwrite" in str(DiskFullError(os.path.join(empty, "model_0000.pth")))
+    assert "intact" not in str(DiskFullError(os.path.join(empty, "model_0000.pth")))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model_0003.pth").write_bytes(b"x")
+    (run / "last_checkpoint").write_text("model_0003.pth")
+    assert f"MODEL.WEIGHTS {run / 'model_0003.pth'} without --resume" in nan_advice(str(run))
+    msg = str(DiskFullError(str(run / "model_0004.pth")))
+    assert "--resume (it continues from model_0003.pth, which is intact)" in msg
+
+
+def test_resume_naming_a_deleted_checkpoint_is_one_line(tiny_market, tmp_path):
+    from gltrans_plugin.engine import Trainer
+    from gltrans_plugin.engine.trainer import MissingCheckpointError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model_0001.pth").write_bytes(b"x")
+    (out / "last_checkpoint").write_text("model_0002.pth")  # deleted since
+    trainer = Trainer(resnet_cfg(tiny_market, str(out)))
+    with pytest.raises(MissingCheckpointError) as e:
+        trainer.resume_or_load(resume=True)
+    line, code = format_error(e.value)
+    assert code == 2 and "last_checkpoint names model_0002.pth, which does not exist" in line
+    assert "(there: model_0001.pth)" in line and "--overwrite" in line

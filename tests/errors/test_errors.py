@@ -70,7 +70,7 @@ def test_format_error_one_line_per_kind(tmp_path):
     except RuntimeError as e:
         line, code = errors.format_error(e)
     assert code == 2 and line.startswith(f"error: no space left on the device of {tmp_path}")
-    assert "the previous checkpoint is intact" in line
+    assert "no checkpoint was saved in" in line and "--overwrite" in line  # an empty folder
 
 
 def _run(args, env=None, timeout=300):
@@ -304,8 +304,9 @@ def test_disk_full_during_a_save_names_folder_and_keeps_previous(tmp_path, monke
         ck.save("model_0000", epoch=1)
     assert str(e.value) == (
         f"no space left on the device of {tmp_path} while writing model_0000.pth "
-        f"({tmp_path}/model_0000.pth): free disk space there (or set OUTPUT_DIR to another "
-        f"disk) and run again with --resume; the previous checkpoint is intact")
+        f"({tmp_path}/model_0000.pth): free disk space there, then run the same command again "
+        f"with --resume (it continues from model_0000.pth, which is intact); a run moved to "
+        f"another disk needs that folder copied there first")
     assert e.value.errno == errno.ENOSPC
     assert (tmp_path / "model_0000.pth").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000.pth"]

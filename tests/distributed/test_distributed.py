@@ -41,7 +41,7 @@ import torch
 from helpers import gltrans_small_cfg, opts_list, resnet_cfg
 
 PY = sys.executable
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_NET = os.path.join(REPO, "projects", "train_net.py")
 CUDA2 = torch.cuda.is_available() and torch.cuda.device_count() >= 2
 

@@ -6,7 +6,7 @@ the slowest, run last).
 Every test here is marked ``cuda`` and skipped without a GPU: ``pytest -m cuda`` runs them
 (``bench/gpu/check.py`` does, on the GPU machine, one result line per test as it finishes).
 The device-independent halves (the AMP step and the flip test on CPU) run everywhere, from
-tests/test_device_policy.py.
+tests/devices/test_device_policy.py.
 """
 import os
 import socket
@@ -22,22 +22,15 @@ from fastreid.config import get_cfg
 from fastreid.modeling.meta_arch import build_model
 from gltrans_plugin.config import add_gltrans_config
 
-from helpers import gltrans_cfg
+from helpers import check_amp_steps, gltrans_cfg, make_batch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CUDA = torch.cuda.is_available()
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")]
 U32 = 2.0 ** -24  # unit roundoff of float32
 
 
 # ----------------------------------------------------------------------------- helpers
-def make_batch(device, b=16, size=(128, 64), seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = {"images": torch.rand(b, 3, *size, generator=g) * 255,
-           "targets": torch.arange(b) // 4 % 8, "camids": torch.arange(b) % 3}
-    return {k: v.to(device) for k, v in out.items()}
-
-
 def twins(device, opts_a=None, **opts_b):
     """Two GLTrans models with the same weights on ``device``, built with opts_a / opts_b."""
     torch.manual_seed(0)
@@ -45,39 +38,6 @@ def twins(device, opts_a=None, **opts_b):
     b = build_model(gltrans_cfg(device, **opts_b))
     b.load_state_dict(a.state_dict())
     return a, b
-
-
-def amp_steps(device, dtype, steps=3, size=(128, 64), b=16):
-    """``steps`` training steps of fast-reid's AMPTrainer (the plugin's run_step) with
-    SOLVER.AMP.DTYPE ``dtype``; returns (total losses, max weight change, trainer, the
-    GradScaler's scale after each step)."""
-    from fastreid.engine.train_loop import AMPTrainer
-    from fastreid.utils.events import EventStorage
-
-    torch.manual_seed(0)
-    model = build_model(gltrans_cfg(device, size)).train()
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    batches = [make_batch(device, b, size, seed=i) for i in range(steps)]
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    trainer = AMPTrainer(model, batches, opt, None)
-    trainer.amp_dtype = dtype
-    losses, scales = [], [trainer.grad_scaler.get_scale()]
-    with EventStorage(0) as storage:
-        for i in range(steps):
-            trainer.iter = storage.iter = i
-            trainer.run_step()
-            losses.append(storage.history("total_loss").latest())
-            scales.append(trainer.grad_scaler.get_scale())
-    moved = max(float((p.detach() - before[n]).abs().max()) for n, p in model.named_parameters())
-    return losses, moved, trainer, scales
-
-
-def check_amp_steps(device, dtype, **kw):
-    losses, moved, trainer, scales = amp_steps(device, dtype, **kw)
-    assert all(np.isfinite(losses)), losses
-    assert moved > 0, "no weight moved"
-    assert trainer.grad_scaler.is_enabled()
-    return losses, scales
 
 
 # ----------------------------------------------------------------------------- TF32

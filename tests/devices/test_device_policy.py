@@ -12,9 +12,9 @@ import torch
 from gltrans_plugin import devices
 
 from helpers import resnet_cfg
-from test_cuda import check_amp_steps, check_flip
+from helpers import check_amp_steps, check_flip
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_loader_on_cpu_model_stays_on_cpu_where_cuda_exists(monkeypatch):
