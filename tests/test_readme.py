@@ -6,8 +6,9 @@ interpreter reading the block on stdin, as ``.venv/bin/python -`` would).  A mar
 the line before a block changes that:
 
 * ``<!-- test: skip (why) -->``: not run (it needs a GPU, a real dataset, the network, or hours);
-* ``<!-- test: slow (why) -->``: run only with ``-m examples`` (marked ``slow`` and ``examples``;
-  the default run leaves them out, CI runs them in a step of their own);
+* ``<!-- test: slow (why) -->``: run only with ``-m examples`` (marked ``slow`` and ``examples``:
+  minutes each, so the default run leaves them out; ``pytest -q -m examples tests/test_readme.py``
+  runs them all, about 12 minutes on 2 cores);
 * ``<!-- test: file PATH -->``: the block is a file the text asks the reader to write: it is
   written to PATH when its turn comes and PATH is restored (or removed) after the module;
 * ``<!-- test: fresh DIR ... -->`` (beside one of the above): the block starts a training in

@@ -94,6 +94,8 @@ def test_launch_backend_follows_model_device(monkeypatch):
     with pytest.raises(Stop):
         distributed.distributed_worker(0, print, 2, 2, 0, "tcp://127.0.0.1:1", ())
     monkeypatch.setattr(distributed, "launch_device", lambda args: "cuda")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # (two GPUs) ...
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: None)  # ... pretended
     with pytest.raises(Stop):
         distributed.distributed_worker(0, print, 2, 2, 0, "tcp://127.0.0.1:1", ())
     assert seen == ["gloo", "nccl"]
@@ -122,16 +124,16 @@ def test_evaluator_products_in_full_fp32():
     from gltrans_plugin.evaluation.ranking import full_fp32_matmul
 
     mm = torch.backends.cuda.matmul
-    old = mm.allow_tf32
+    old = mm.fp32_precision
     try:
-        mm.allow_tf32 = True
+        mm.fp32_precision = "tf32"  # a caller that allows TF32 (the current API)
         with full_fp32_matmul("cpu"):
-            assert mm.allow_tf32  # CPU: nothing to change
+            assert mm.fp32_precision == "tf32"  # CPU: nothing to change
         with full_fp32_matmul("cuda"):
-            assert not mm.allow_tf32
-        assert mm.allow_tf32  # the caller's setting is restored
+            assert mm.fp32_precision == "ieee"
+        assert mm.fp32_precision == "tf32"  # the caller's setting is restored
     finally:
-        mm.allow_tf32 = old
+        mm.fp32_precision = old
 
 
 def test_supported_torch_versions_include_the_gpu_machines():

@@ -379,7 +379,9 @@ def _write_rank(rank_dir):
 
 @pytest.mark.slow
 def test_launch_two_processes_on_cpu(tmp_path):
-    code = (f"import gltrans_plugin, sys; sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = (f"import gltrans_plugin, sys; sys.path[:0] = [{here!r}, "
+            f"{os.path.dirname(here)!r}]\n"  # this file, and tests/ for its helpers
             "from test_patches import _write_rank\n"
             "from fastreid.engine import launch\n"
             f"launch(_write_rank, 2, dist_url='auto', args=({str(tmp_path)!r},))\n")
