@@ -194,7 +194,7 @@ def run_block(block):
 
 def _slow_selected(config):
     """Whether the slow blocks run in this session: ``-m examples`` selects them (the default
-    ``-m "not examples"`` of setup.cfg leaves them out)."""
+    ``-m "not examples and not demo_size"`` of setup.cfg leaves them out)."""
     expr = config.getoption("-m") or ""
     return "examples" in expr and "not examples" not in expr and "not slow" not in expr
 

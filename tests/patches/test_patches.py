@@ -147,6 +147,7 @@ except Exception:
 }
 
 
+@pytest.mark.slow
 def test_runtime_fixes_are_registered_skippable_and_needed():
     # one interpreter with every fix, one with these skipped (two imports, not one per fix)
     code = "import gltrans_plugin\n" + "".join(
