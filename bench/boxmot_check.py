@@ -28,10 +28,10 @@ resize), cosine per crop:
         [--work-dir out/boxmot_check] [--json out/boxmot_check.json]
 
 Without --config-file a tiny untrained GLTrans (ViT-tiny, 64 x 32) is built (seed 0).  The
-venv: ``python -m venv DIR`` then ``pip install boxmot`` and the onnxruntime BoxMOT pins for
-its ONNX backend (read from boxmot.reid.backends.dependencies), so BoxMOT does not install it
-at run time.  Exit code 0 when every check passes, 1 otherwise.  ``--client DIR`` is the half
-that runs inside the BoxMOT venv (numpy + boxmot only).
+venv: ``python -m venv DIR`` then ``pip install "boxmot>=25,<26"`` and the onnxruntime
+BoxMOT pins for its ONNX backend (read from boxmot.reid.backends.dependencies), so BoxMOT does
+not install it at run time.  Exit code 0 when every check passes, 1 otherwise.  ``--client DIR``
+is the half that runs inside the BoxMOT venv (numpy + boxmot only).
 """
 import argparse
 import json
@@ -44,6 +44,7 @@ import time
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BOXMOT = "boxmot>=25,<26"  # the release the export contract was checked against
 MIN_COSINE = 0.9999  # the graph against the extractor on the same pixels
 MIN_COSINE_END_TO_END = 0.99  # ... on the crops as cut (two resize filters)
 # (pid, cx, top, figure height, facing): sizes from below the graph's 64 x 32 up to 5x it,
@@ -97,7 +98,7 @@ def make_venv(path):
     subprocess.run([sys.executable, "-m", "venv", path], check=True)
     py = os.path.join(path, "bin", "python")
     pip = [py, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run(pip + ["boxmot"], check=True)
+    subprocess.run(pip + [BOXMOT], check=True)
     req = subprocess.run([py, "-c", "from boxmot.reid.backends.dependencies import "
                           "reid_backend_requirements as r; print(r('onnx', device='cpu')[0])"],
                          check=True, capture_output=True, text=True).stdout.strip()

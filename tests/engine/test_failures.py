@@ -351,8 +351,13 @@ def test_sigkill_during_saves_leaves_loadable_checkpoints(tmp_path):
         p = subprocess.Popen([PY, str(script), str(out), str(1000 * k)], cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 180  # start-up (torch + fastreid imports) on a loaded machine
-        while _tagged_epoch(out) < 1000 * k:  # this process has completed a save
+        seen = None
+        while True:  # until this process has completed a save (read only when the file changed)
             assert time.time() < deadline and p.poll() is None
+            stamp = _stamp(out / "last_checkpoint")
+            if stamp != seen and _tagged_epoch(out) >= 1000 * k:
+                break
+            seen = stamp
             time.sleep(0.05)
         start = time.time()
         while time.time() - start < 0.5 + rng.random():  # a random moment, saves in flight
@@ -368,6 +373,14 @@ def test_sigkill_during_saves_leaves_loadable_checkpoints(tmp_path):
         assert _tagged_epoch(out) >= 1000 * k
         # stray temporary files (at most the one being written) are removed by the next save
         assert len([f for f in os.listdir(out) if ".tmp-" in f]) <= 1
+
+
+def _stamp(path):
+    try:
+        st = os.stat(path)
+        return st.st_mtime_ns, st.st_ino
+    except OSError:
+        return None
 
 
 def _tagged_epoch(out):

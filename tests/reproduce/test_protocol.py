@@ -135,6 +135,34 @@ def test_shipped_recipes_plan_every_set_seed_and_recipe_with_its_own_folder_and_
     assert all(len(v) == 1 for v in roots.values()) and len(set.union(*roots.values())) == 3
 
 
+def _leaves(cfg, prefix=""):
+    out = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            out.update(_leaves(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(n for n in os.listdir(os.path.dirname(DEMO_RECIPES))
+                                        if n.endswith(".yml")))
+def test_every_shipped_recipe_file_builds_and_each_recipe_changes_what_it_names(name):
+    """Every recipe of every file in configs/GLTrans/protocol builds; a recipe that starts from
+    the file's own config differs from the first recipe in exactly the keys of its opts."""
+    rf = pr.read_recipes(os.path.join(os.path.dirname(DEMO_RECIPES), name), tool.PRESETS)
+    assert len(rf.grid.sets) >= 3 and len(rf.grid.seeds) >= 3 and 0 not in rf.grid.sets
+    pr.check_recipes(rf, rf.grid)
+    first = rf.recipes[0]
+    base = _leaves(setup_cfg(first.config, preset_opts(first.preset) + to_opts(dict(first.opts))))
+    for r in rf.recipes[1:]:
+        if r.config != first.config:
+            continue
+        cfg = _leaves(setup_cfg(r.config, preset_opts(r.preset) + to_opts(dict(r.opts))))
+        changed = {k for k in base if cfg[k] != base[k]}
+        assert changed == set(dict(r.opts)), (r.name, changed)
+
+
 def test_recipe_file_and_grid_errors_name_the_problem(tmp_path):
     path = _recipe_file(tmp_path / "r.yml", sets=[0, 1])
     rf = pr.read_recipes(path, tool.PRESETS)
