@@ -15,6 +15,7 @@ so), a folder given as an image are errors naming the image; features that come 
 infinite are an error naming the images and the weights.  The tools' image listing, list
 files and camera ids from file names are in ``data.listing``.
 """
+import contextlib
 import logging
 import numbers
 import os
@@ -133,10 +134,11 @@ class FeatureExtractor:
         out = []
         found = batch_features(self.model, batches(), self.flip_test, progress=progress,
                                total=len(spans), forward_context=self._autocast)
-        for (s, e), (_, feats) in zip(spans, found):
-            out.append(self._test_features(feats))
-            check_finite_features(out[-1], [_name(items[i], i) for i in range(s, e)],
-                                  self.cfg.MODEL.WEIGHTS)
+        with contextlib.closing(found):
+            for (s, e), (_, feats) in zip(spans, found):
+                out.append(self._test_features(feats))
+                check_finite_features(out[-1], [_name(items[i], i) for i in range(s, e)],
+                                      self.cfg.MODEL.WEIGHTS)
         feats = torch.cat(out)
         return F.normalize(feats, dim=1) if self.normalize else feats
 

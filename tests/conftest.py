@@ -61,3 +61,15 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_market(tmp_path_factory):
     return write_tiny_market(str(tmp_path_factory.mktemp("tiny_market")))
+
+
+@pytest.fixture(autouse=True)
+def _grad_mode_left_as_found():
+    """A test that ends with gradients switched off (say, a generator suspended inside
+    ``torch.no_grad()`` whose consumer raised) would break every later test of its worker
+    that trains: fail it, and switch them back on for the next."""
+    yield
+    if not torch.is_grad_enabled():
+        torch.set_grad_enabled(True)
+        pytest.fail("the test left gradients switched off (torch.is_grad_enabled() is False)",
+                    pytrace=False)

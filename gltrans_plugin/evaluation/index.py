@@ -10,6 +10,7 @@ field, ids that do not match the paths, a ``dim`` the index does not hold) is an
 ``check_finite_features``: NaN / infinite features are an error naming the images and the
 weights, wherever features are made (here, the evaluation, ``FeatureExtractor``).
 """
+import contextlib
 import json
 import logging
 import os
@@ -60,12 +61,15 @@ def check_finite_features(feats, names, weights=""):
 def extract_features(model, data_loader, flip_test: bool = False, progress: bool = True):
     """(N x D float32 features, paths, pids, camids) of every batch of ``data_loader``."""
     feats, paths, pids, camids = [], [], [], []
-    for inputs, out in batch_features(model, data_loader, flip_test, progress=progress):
-        feats.append(out.float().cpu())
-        check_finite_features(feats[-1], inputs.get("img_paths"))
-        paths += list(inputs.get("img_paths", [""] * len(feats[-1])))
-        pids.append(torch.as_tensor(inputs.get("targets", torch.full((len(feats[-1]),), -1))))
-        camids.append(torch.as_tensor(inputs.get("camids", torch.full((len(feats[-1]),), -1))))
+    with contextlib.closing(batch_features(model, data_loader, flip_test,
+                                           progress=progress)) as it:
+        for inputs, out in it:
+            feats.append(out.float().cpu())
+            check_finite_features(feats[-1], inputs.get("img_paths"))
+            paths += list(inputs.get("img_paths", [""] * len(feats[-1])))
+            n = len(feats[-1])
+            pids.append(torch.as_tensor(inputs.get("targets", torch.full((n,), -1))))
+            camids.append(torch.as_tensor(inputs.get("camids", torch.full((n,), -1))))
     return (torch.cat(feats), paths, torch.cat(pids).numpy(), torch.cat(camids).numpy())
 
 

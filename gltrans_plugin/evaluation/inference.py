@@ -47,9 +47,12 @@ def flip_features(model, inputs, flip_test: bool = True):
 def batch_features(model, batches, flip_test: bool = False, *, progress: bool = False,
                    total=None, forward_context=contextlib.nullcontext):
     """Yield ``(inputs, features)`` for each batch of ``batches`` (fast-reid batch dicts or
-    image tensors): ``flip_features`` of the model in eval mode (its mode restored afterwards),
-    without gradients, each forward inside ``forward_context()`` (autocast, say); a tqdm bar
-    over ``total`` batches when ``progress``."""
+    image tensors): ``flip_features`` of the model in eval mode, without gradients, each forward
+    inside ``forward_context()`` (autocast, say); a tqdm bar over ``total`` batches when
+    ``progress``.  No global state is held across a ``yield`` (gradients are off only inside
+    each forward), so a consumer that stops with an exception leaves gradients as they were;
+    the model's mode is restored when the generator ends or is closed: iterate it inside
+    ``contextlib.closing(...)``."""
     it = batches
     if progress:
         from tqdm import tqdm
@@ -58,11 +61,10 @@ def batch_features(model, batches, flip_test: bool = False, *, progress: bool = 
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            for inputs in it:
-                with forward_context():
-                    feats = flip_features(model, inputs, flip_test)
-                yield inputs, feats
+        for inputs in it:
+            with torch.no_grad(), forward_context():
+                feats = flip_features(model, inputs, flip_test)
+            yield inputs, feats
     finally:
         model.train(was_training)
 
@@ -80,10 +82,11 @@ def inference_on_dataset(model, data_loader, evaluator, flip_test: bool = False,
                 len(getattr(data_loader, "dataset", [])))
     evaluator.reset()
     start = time.perf_counter()
-    for inputs, outputs in batch_features(model, data_loader, flip_test, total=total,
-                                          progress=progress and comm.is_main_process()):
-        check_finite_features(outputs, inputs.get("img_paths"))  # names images, weights
-        evaluator.process(inputs, outputs)
+    with contextlib.closing(batch_features(model, data_loader, flip_test, total=total,
+                                           progress=progress and comm.is_main_process())) as it:
+        for inputs, outputs in it:
+            check_finite_features(outputs, inputs.get("img_paths"))  # names images, weights
+            evaluator.process(inputs, outputs)
     dt = time.perf_counter() - start
     logger.info("Total inference time: %s (%.4f s / batch, %d devices)",
                 datetime.timedelta(seconds=int(dt)), dt / max(total, 1), comm.get_world_size())

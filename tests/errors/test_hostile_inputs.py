@@ -159,8 +159,12 @@ def test_non_finite_features_name_the_image_and_the_weights(tmp_path, mean_extra
     batch = {"images": torch.stack([mean_extractor.preprocess(p) for p in (ok, black)]),
              "img_paths": [ok, black], "targets": torch.tensor([0, 1]),
              "camids": torch.tensor([0, 0])}
+    mean_extractor.model.train()
     with pytest.raises(NonFiniteFeaturesError, match=rf"1 of 2 images of a batch \({black}\)"):
         inference_on_dataset(mean_extractor.model, [batch], _Keep(), progress=False)
+    # the error (its traceback still held by pytest) left no state behind
+    assert torch.is_grad_enabled() and mean_extractor.model.training
+    mean_extractor.model.eval()
 
 
 def test_eval_with_unexpected_keys_fails_unless_opted_in(tmp_path):
