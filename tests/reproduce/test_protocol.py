@@ -366,3 +366,43 @@ def test_one_real_epoch_on_a_tiny_set_is_selected_and_reported(tmp_path):
     assert set(pr.METRICS) <= set(r.values)
     assert os.path.isfile(os.path.join(out, "data", "set7", "synthetic_reid", "manifest.json"))
     assert res["decision"].picked == "demo"
+
+
+# every published grid: its runs (docs/protocol_<grid>_runs.csv), the page with its tables, and
+# the paired differences that page quotes (a, b, metrics)
+_PUBLISHED = {
+    "demo_recipes": ("training.md", [("demo", "paper_triplet"), ("demo", "vit_baseline"),
+                                     ("paper_triplet", "vit_baseline")]),
+    "demo_schedule": ("training.md", [("warmup_5", "demo"), ("demo", "lr_2e-3"),
+                                      ("demo", "lr_5e-4")]),
+    "demo_model": ("training.md", [("no_erasing", "demo"), ("demo", "drop_path_0.1"),
+                                   ("demo", "stride_12")]),
+    "table5": ("reproducing.md", [("model2", "model1"), ("model3", "model2"),
+                                  ("model4", "model3"), ("model5", "model4"),
+                                  ("model5", "model1")]),
+}
+_CSV_METRICS = {"val_map": "val_map", "test_map": "mAP", "test_rank1": "Rank-1",
+                "test_minp": "mINP"}
+
+
+@pytest.mark.parametrize("grid", sorted(_PUBLISHED))
+def test_published_tables_are_their_runs(grid):
+    """The docs' tables are what the tool computes from the committed runs: each recipe's mean
+    and interval per metric, and each quoted paired difference, formatted as the report does."""
+    page, pairs = _PUBLISHED[grid]
+    text = open(os.path.join(REPO, "docs", page)).read().replace("**", "")
+    results = []
+    for row in csv.DictReader(open(os.path.join(REPO, "docs", f"protocol_{grid}_runs.csv"))):
+        assert row["status"] == "ok", row
+        results.append(pr.RunResult(row["recipe"], int(row["set"]), int(row["seed"]), "ok", {
+            key: float(row[col]) for col, key in _CSV_METRICS.items()}))
+    recipes = sorted({r.recipe for r in results})
+    assert len(results) == 9 * len(recipes)  # 3 sets x 3 seeds each
+    for recipe in recipes:
+        for metric in pr.METRICS:
+            s = pr._fmt(pr.recipe_stat(results, recipe, metric))
+            assert s in text, (grid, recipe, metric, s)
+    for a, b in pairs:
+        for metric in ("val_map", "mAP"):
+            s = pr._fmt(pr.paired(results, a, b, metric), signed=True)
+            assert s in text, (grid, a, b, metric, s)
