@@ -377,6 +377,7 @@ _PUBLISHED = {
                                       ("demo", "lr_5e-4")]),
     "demo_model": ("training.md", [("no_erasing", "demo"), ("demo", "drop_path_0.1"),
                                    ("demo", "stride_12")]),
+    "baseline_recipes": ("training.md", [("paper_triplet", "demo")]),
     "table5": ("reproducing.md", [("model2", "model1"), ("model3", "model2"),
                                   ("model4", "model3"), ("model5", "model4"),
                                   ("model5", "model1")]),
