@@ -59,6 +59,9 @@ RECIPE_CONFIG = "recipe.yml"   # <output>/<recipe>/set<k>/recipe.yml
 METRICS = {"val_map": "val mAP", "mAP": "test mAP", "Rank-1": "test Rank-1",
            "mINP": "test mINP"}
 PAIR_METRICS = ("val_map", "mAP", "Rank-1")
+# decision_runs.csv: its metric columns, in order, and the METRICS key each one holds
+RUNS_CSV_METRICS = {"val_map": "val_map", "test_rank1": "Rank-1", "test_map": "mAP",
+                    "test_minp": "mINP"}
 # keys the protocol sets per run, and where a user sets them instead
 PROTOCOL_KEYS = {
     "DATASETS.ROOT": "each set has its folder under the output folder",
@@ -694,12 +697,12 @@ def write_decision(results: Sequence[RunResult], rf: RecipeFile, grid: Grid, out
                             s.excludes_zero, s.units, s.unit, s.runs])
     with open(paths["runs"], "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["recipe", "set", "seed", "status", "checkpoint", "epoch", "val_map",
-                    "test_rank1", "test_map", "test_minp", "note"])
+        w.writerow(["recipe", "set", "seed", "status", "checkpoint", "epoch",
+                    *RUNS_CSV_METRICS, "note"])
         for r in results:
             w.writerow([r.recipe, r.set, r.seed, r.status, r.checkpoint,
                         "" if r.epoch is None else r.epoch,
-                        *(_num(r.values.get(k)) for k in ("val_map", "Rank-1", "mAP", "mINP")),
+                        *(_num(r.values.get(k)) for k in RUNS_CSV_METRICS.values()),
                         r.note])
     return dict(paths, markdown=text, decision=decision)
 

@@ -368,8 +368,8 @@ def test_one_real_epoch_on_a_tiny_set_is_selected_and_reported(tmp_path):
     assert res["decision"].picked == "demo"
 
 
-# every published grid: its runs (docs/protocol_<grid>_runs.csv), the page with its tables, and
-# the paired differences that page quotes (a, b, metrics)
+# every published grid: its runs (docs/protocol_<grid>_runs.csv, the tool's decision_runs.csv),
+# the page with its tables, and the paired differences (a - b) that page quotes
 _PUBLISHED = {
     "demo_recipes": ("training.md", [("demo", "paper_triplet"), ("demo", "vit_baseline"),
                                      ("paper_triplet", "vit_baseline")]),
@@ -382,9 +382,6 @@ _PUBLISHED = {
                                   ("model4", "model3"), ("model5", "model4"),
                                   ("model5", "model1")]),
 }
-_CSV_METRICS = {"val_map": "val_map", "test_map": "mAP", "test_rank1": "Rank-1",
-                "test_minp": "mINP"}
-
 
 @pytest.mark.parametrize("grid", sorted(_PUBLISHED))
 def test_published_tables_are_their_runs(grid):
@@ -396,7 +393,7 @@ def test_published_tables_are_their_runs(grid):
     for row in csv.DictReader(open(os.path.join(REPO, "docs", f"protocol_{grid}_runs.csv"))):
         assert row["status"] == "ok", row
         results.append(pr.RunResult(row["recipe"], int(row["set"]), int(row["seed"]), "ok", {
-            key: float(row[col]) for col, key in _CSV_METRICS.items()}))
+            key: float(row[col]) for col, key in pr.RUNS_CSV_METRICS.items()}))
     recipes = sorted({r.recipe for r in results})
     assert len(results) == 9 * len(recipes)  # 3 sets x 3 seeds each
     for recipe in recipes:
