@@ -52,21 +52,29 @@ def test_trainer_steps_change_weights_and_lower_loss(synth_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_gltrans_learns_on_synthetic_set(synth_root, tmp_path):
+def test_gltrans_learns_on_synthetic_set(tmp_path):
+    from fastreid.utils.env import seed_all_rng
+
     from gltrans_plugin.engine import Trainer
 
-    cfg = gltrans_small_cfg(synth_root, str(tmp_path), **{
+    # 48 test identities, not the 16 of the small config: on 16 the untrained model's mAP is
+    # 4.2 and the trained one's ranged 9.2-15.4 over augmentation draws (too noisy to judge)
+    cfg = gltrans_small_cfg(str(tmp_path / "data"), str(tmp_path / "run"), **{
         "SOLVER.MAX_EPOCH": 40, "TEST.EVAL_PERIOD": 40, "SOLVER.CHECKPOINT_PERIOD": 40,
-        "TEST.EVAL_BEFORE_TRAIN": True, "SOLVER.BASE_LR": 0.002, "SEED": 0})
-    torch.manual_seed(0)
+        "TEST.EVAL_BEFORE_TRAIN": True, "SOLVER.BASE_LR": 0.002, "SEED": 0,
+        "DATASETS.SYNTHETIC.NUM_TEST_IDS": 48})
+    # every RNG, python's too (random erasing draws from it): the result must not depend on
+    # which tests ran before in this process
+    seed_all_rng(0)
     trainer = Trainer(cfg)
     assert trainer.max_iter >= 300
     after = trainer.train()
     before = trainer._before_train_results
-    # measured 2026-11-24: mAP 4.2 untrained -> 14.3 after 360 iterations
-    assert after["mAP"] > 2.5 * before["mAP"] and after["mAP"] > before["mAP"] + 8, (before, after)
+    # measured 2026-12-04, python / numpy RNG seeded 0, 1, 2: mAP 1.41 untrained -> 7.82, 9.64,
+    # 12.54 after 360 iterations (5.5-8.9 times, +6.4 to +11.1)
+    assert after["mAP"] > 3.5 * before["mAP"] and after["mAP"] > before["mAP"] + 4, (before, after)
     # the metric loss learns: with batch-hard mining its terms sat at ln 2 (collapsed features)
-    rows = [json.loads(line) for line in open(tmp_path / "metrics.json")]
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.json")]
     tri = [sum(v for k, v in r.items() if k.startswith("loss_triplet_")) for r in rows
            if "loss_triplet_global" in r]
     assert tri[-1] < 0.8 * math.log(2) < tri[0], tri
