@@ -113,6 +113,11 @@ print(json.dumps(out))
 """
 
 
+# options a tool's --help must name (beyond the shared ones)
+_HELP_NAMES = {"reproduce": ["--table", "--preset", "--collect-only"],
+               "decide_recipe": ["--val-ids", "--collect-only"]}
+
+
 def test_every_tool_has_help():
     # every tool's --help as a program (run as __main__), in one interpreter
     r = subprocess.run([sys.executable, "-c", _HELP_ALL, *TOOLS], cwd=REPO, capture_output=True,
@@ -123,6 +128,8 @@ def test_every_tool_has_help():
         code, text = helps[tool]
         assert code in (0, None), (tool, code)
         assert "usage:" in text and "--" in text, tool
+        for option in _HELP_NAMES.get(tool, ()):
+            assert option in text, (tool, option)
 
 
 # ------------------------------------------------------------------ 1 ranked lists
