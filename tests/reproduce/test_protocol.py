@@ -384,6 +384,7 @@ _PUBLISHED = {
                                   ("model5", "model1")]),
 }
 
+
 @pytest.mark.parametrize("grid", sorted(_PUBLISHED))
 def test_published_tables_are_their_runs(grid):
     """The docs' tables are what the tool computes from the committed runs: each recipe's mean
