@@ -123,6 +123,7 @@ def gltrans_small_cfg(root, output_dir, **overrides):
         "DATALOADER.NUM_WORKERS": 0, "SOLVER.IMS_PER_BATCH": 16, "SOLVER.LOG_PERIOD": 10,
         "TEST.EVAL_BEFORE_TRAIN": False, "SOLVER.MAX_EPOCH": 2, "TEST.EVAL_PERIOD": 2,
         "SOLVER.CHECKPOINT_PERIOD": 1,
+        "SOLVER.WARMUP_EPOCHS": 1,  # the demo warms up for 5 of 24 epochs; these runs are short
     }
     opts.update(overrides)
     return setup_cfg(DEMO_CONFIG, opts_list(opts))

@@ -71,8 +71,8 @@ PROTOCOL_KEYS = {
     "TEST.EVAL_PERIOD": "the recipe file's eval_period / --eval-period",
     "SOLVER.CHECKPOINT_PERIOD": "the recipe file's eval_period / --eval-period",
 }
-_FILE_KEYS = {"config", "preset", "sets", "seeds", "val_ids", "val_seed", "eval_period",
-              "recipes"}
+_FILE_KEYS = {"config", "preset", "opts", "sets", "seeds", "val_ids", "val_seed",
+              "eval_period", "recipes"}
 _RECIPE_KEYS = {"name", "about", "config", "preset", "opts"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _PERIODIC_CHECKPOINT = re.compile(r"model_\d{4}\.pth")  # fast-reid's model_<epoch>.pth
@@ -159,9 +159,21 @@ def check_keys(keys: Sequence[str], where: str):
                                 f"remove it ({PROTOCOL_KEYS[key]})")
 
 
+def _opts(value, where: str) -> Dict[str, Any]:
+    """An ``opts:`` mapping of a recipe file -> {KEY: value}, its keys checked."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProtocolError("opts is not a mapping", where, "write opts: {KEY: value, ...}")
+    opts = flatten(value)
+    check_keys(list(opts), where)
+    return opts
+
+
 def read_recipes(path: str, presets: Optional[Mapping[str, str]] = None) -> RecipeFile:
     """Read a recipe file: top-level ``config`` / ``preset`` (defaults of every recipe),
-    ``sets``, ``seeds``, ``val_ids``, ``val_seed``, ``eval_period`` (the grid) and ``recipes``,
+    ``opts`` (overrides of every recipe, before its own: e.g. a grid pinned to the recipe it
+    ran with when the config it starts from changes later), ``sets``, ``seeds``, ``val_ids``, ``val_seed``, ``eval_period`` (the grid) and ``recipes``,
     a list of {name, about, config, preset, opts}; a recipe's ``preset: null`` drops the
     default preset.  Paths are relative to the file; a preset may be a name of ``presets``."""
     if not os.path.isfile(path):
@@ -179,6 +191,7 @@ def read_recipes(path: str, presets: Optional[Mapping[str, str]] = None) -> Reci
     if not isinstance(entries, list) or not entries:
         raise ProtocolError("no recipes", path, "list them under 'recipes:' (name, about, "
                             "config, preset, opts)")
+    common = _opts(data.get("opts"), path)
     recipes, names = [], set()
     for i, entry in enumerate(entries, 1):
         where = f"{path}, recipe {i}"
@@ -198,12 +211,8 @@ def read_recipes(path: str, presets: Optional[Mapping[str, str]] = None) -> Reci
             raise ProtocolError(f"recipe {name!r} has no config", where,
                                 "set 'config:' in the recipe or at the top of the file")
         preset = entry["preset"] if "preset" in entry else data.get("preset")
-        opts = entry.get("opts") or {}
-        if not isinstance(opts, dict):
-            raise ProtocolError(f"recipe {name!r}: opts is not a mapping", where,
-                                "write opts: {KEY: value, ...}")
-        opts = flatten(opts)
-        check_keys(list(opts), f"{path}, recipe {name!r}")
+        opts = dict(common)
+        opts.update(_opts(entry.get("opts"), f"{path}, recipe {name!r}"))
         recipes.append(Recipe(name, str(entry.get("about") or ""), _resolve(config, path),
                               _resolve(preset, path, presets) if preset else None,
                               tuple(opts.items())))

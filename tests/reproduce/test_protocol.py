@@ -159,7 +159,27 @@ def test_every_shipped_recipe_file_builds_and_each_recipe_changes_what_it_names(
             continue
         cfg = _leaves(setup_cfg(r.config, preset_opts(r.preset) + to_opts(dict(r.opts))))
         changed = {k for k in base if cfg[k] != base[k]}
-        assert changed == set(dict(r.opts)), (r.name, changed)
+        own, firsts = dict(r.opts), dict(first.opts)  # both hold the file's common opts
+        assert changed == {k for k in own if own[k] != firsts.get(k)}, (r.name, changed)
+
+
+def test_file_opts_apply_to_every_recipe_before_its_own(tmp_path):
+    """Top-level ``opts`` pin keys for every recipe (a grid kept on the recipe it ran with);
+    a recipe's own opts win."""
+    path = tmp_path / "r.yml"
+    path.write_text(f"config: {DEMO}\nval_ids: 2\nopts: {{SOLVER.WARMUP_EPOCHS: 1, SOLVER: "
+                    f"{{BASE_LR: 0.01}}}}\nrecipes:\n  - {{name: a}}\n"
+                    f"  - {{name: b, opts: {{SOLVER.WARMUP_EPOCHS: 5}}}}\n")
+    a, b = pr.read_recipes(str(path)).recipes
+    assert dict(a.opts) == {"SOLVER.WARMUP_EPOCHS": 1, "SOLVER.BASE_LR": 0.01}
+    assert dict(b.opts) == {"SOLVER.WARMUP_EPOCHS": 5, "SOLVER.BASE_LR": 0.01}
+    path.write_text(f"config: {DEMO}\nval_ids: 2\nopts: [1]\nrecipes:\n  - {{name: a}}\n")
+    with pytest.raises(pr.ProtocolError, match=r"opts is not a mapping .*r.yml.*KEY: value"):
+        pr.read_recipes(str(path))
+    path.write_text(f"config: {DEMO}\nval_ids: 2\nopts: {{DATASETS.VAL.IDS: 3}}\n"
+                    f"recipes:\n  - {{name: a}}\n")
+    with pytest.raises(pr.ProtocolError, match=r"DATASETS.VAL.IDS is set per run"):
+        pr.read_recipes(str(path))
 
 
 def test_recipe_file_and_grid_errors_name_the_problem(tmp_path):
