@@ -172,10 +172,11 @@ def _opts(value, where: str) -> Dict[str, Any]:
 
 def read_recipes(path: str, presets: Optional[Mapping[str, str]] = None) -> RecipeFile:
     """Read a recipe file: top-level ``config`` / ``preset`` (defaults of every recipe),
-    ``opts`` (overrides of every recipe, before its own: e.g. a grid pinned to the recipe it
-    ran with when the config it starts from changes later), ``sets``, ``seeds``, ``val_ids``, ``val_seed``, ``eval_period`` (the grid) and ``recipes``,
-    a list of {name, about, config, preset, opts}; a recipe's ``preset: null`` drops the
-    default preset.  Paths are relative to the file; a preset may be a name of ``presets``."""
+    ``opts`` (overrides of every recipe, before its own: e.g. a grid kept on the recipe it ran
+    with after the config it starts from changed), ``sets``, ``seeds``, ``val_ids``,
+    ``val_seed``, ``eval_period`` (the grid) and ``recipes``, a list of {name, about, config,
+    preset, opts}; a recipe's ``preset: null`` drops the default preset.  Paths are relative
+    to the file; a preset may be a name of ``presets``."""
     if not os.path.isfile(path):
         raise ProtocolError("recipe file not found", path, "give a yaml file of recipes "
                             "(configs/GLTrans/protocol/ has examples)")
