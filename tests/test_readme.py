@@ -252,8 +252,8 @@ def test_example_runs_as_written(block, request):
 
 
 def _check_demo_output(proc):
-    """The demo ends as the README says, 'about' Rank-1 22-25 / mAP 27.7-27.9: the band
-    asserted is wider (Rank-1 15-31, mAP 24-32), the run being seeded but machine-dependent."""
+    """The demo ends as the README says, 'about' Rank-1 29-31 / mAP 31.5-32.5: the band
+    asserted is wider (Rank-1 22-38, mAP 27-37), the run being seeded but machine-dependent."""
     out = proc.stdout + proc.stderr
     line = re.search(r"Before training: Rank-1 ([\d.]+)\s+mAP ([\d.]+) \| after training: "
                      r"Rank-1 ([\d.]+)\s+mAP ([\d.]+)", out)
@@ -263,8 +263,8 @@ def _check_demo_output(proc):
     final = final.get("SyntheticReID", final)  # one test set: the metrics themselves
     assert float(line.group(3)) == pytest.approx(final["Rank-1"], abs=0.01)
     assert float(line.group(4)) == pytest.approx(final["mAP"], abs=0.01)
-    assert 15.0 <= final["Rank-1"] <= 31.0, final
-    assert 24.0 <= final["mAP"] <= 32.0, final
+    assert 22.0 <= final["Rank-1"] <= 38.0, final
+    assert 27.0 <= final["mAP"] <= 37.0, final
     assert float(line.group(2)) < 5.0, "the untrained model should be near chance"
 
 

@@ -25,7 +25,7 @@ TINY = {
     "DATASETS.SYNTHETIC.HEIGHT": 64, "DATASETS.SYNTHETIC.WIDTH": 32,
     "INPUT.SIZE_TRAIN": [64, 32], "INPUT.SIZE_TEST": [64, 32], "INPUT.PADDING.SIZE": 2,
     "DATALOADER.NUM_WORKERS": 0, "SOLVER.IMS_PER_BATCH": 16, "SOLVER.MAX_EPOCH": 2,
-    "TEST.EVAL_PERIOD": 1, "SOLVER.CHECKPOINT_PERIOD": 1,
+    "TEST.EVAL_PERIOD": 1, "SOLVER.CHECKPOINT_PERIOD": 1, "SOLVER.WARMUP_EPOCHS": 1,
 }
 ITERS = 4  # per epoch
 ACCURACY = ("SyntheticReID/Rank-1", "SyntheticReID/mAP", "SyntheticReID/mINP")
@@ -109,7 +109,7 @@ def test_fastreid_train_net_trains_a_gltrans_config(tmp_path):
     rows = _rows(out)
     train = {r["iteration"]: r for r in rows if "total_loss" in r}
     assert sorted(train) == [ITERS - 1, 2 * ITERS - 1]
-    # the warm-up lasted SOLVER.WARMUP_EPOCHS (1 epoch), not the base config's 1000 iterations:
+    # the warm-up lasted SOLVER.WARMUP_EPOCHS (1 epoch here), not the base config's 1000 iterations:
     # linear from 0.01 x BASE_LR, at the epoch's last step 0.01 + 0.99 x 3/4; then the cosine
     # over the one epoch left, which ends at ETA_MIN_LR
     base, eta_min = saved.SOLVER.BASE_LR, saved.SOLVER.ETA_MIN_LR

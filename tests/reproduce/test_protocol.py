@@ -399,6 +399,8 @@ _PUBLISHED = {
                                   ("warmup_5_no_erasing", "warmup_5"),
                                   ("warmup_5_no_erasing", "no_erasing")]),
     "baseline_recipes": ("training.md", [("paper_triplet", "demo")]),
+    "demo_vs_baseline": ("training.md", [("demo", "demo_before"), ("demo", "vit_baseline"),
+                                         ("demo_before", "vit_baseline")]),
     "table5": ("reproducing.md", [("model2", "model1"), ("model3", "model2"),
                                   ("model4", "model3"), ("model5", "model4"),
                                   ("model5", "model1")]),
