@@ -173,13 +173,6 @@ def test_file_opts_apply_to_every_recipe_before_its_own(tmp_path):
     a, b = pr.read_recipes(str(path)).recipes
     assert dict(a.opts) == {"SOLVER.WARMUP_EPOCHS": 1, "SOLVER.BASE_LR": 0.01}
     assert dict(b.opts) == {"SOLVER.WARMUP_EPOCHS": 5, "SOLVER.BASE_LR": 0.01}
-    path.write_text(f"config: {DEMO}\nval_ids: 2\nopts: [1]\nrecipes:\n  - {{name: a}}\n")
-    with pytest.raises(pr.ProtocolError, match=r"opts is not a mapping .*r.yml.*KEY: value"):
-        pr.read_recipes(str(path))
-    path.write_text(f"config: {DEMO}\nval_ids: 2\nopts: {{DATASETS.VAL.IDS: 3}}\n"
-                    f"recipes:\n  - {{name: a}}\n")
-    with pytest.raises(pr.ProtocolError, match=r"DATASETS.VAL.IDS is set per run"):
-        pr.read_recipes(str(path))
 
 
 def test_recipe_file_and_grid_errors_name_the_problem(tmp_path):
@@ -195,6 +188,13 @@ def test_recipe_file_and_grid_errors_name_the_problem(tmp_path):
     bad = tmp_path / "bad.yml"
     bad.write_text("config: ../nowhere.yml\nrecipes:\n  - {name: a, opts: {TEST.EVAL_PERIOD: 2}}\n")
     with pytest.raises(pr.ProtocolError, match=r"TEST.EVAL_PERIOD is set per run .*recipe 'a'"):
+        pr.read_recipes(str(bad))
+    bad.write_text(f"config: {DEMO}\nval_ids: 2\nopts: {{DATASETS.VAL.IDS: 3}}\n"
+                   f"recipes:\n  - {{name: a}}\n")  # the file's common opts: checked the same
+    with pytest.raises(pr.ProtocolError, match=r"DATASETS.VAL.IDS is set per run"):
+        pr.read_recipes(str(bad))
+    bad.write_text(f"config: {DEMO}\nval_ids: 2\nopts: [1]\nrecipes:\n  - {{name: a}}\n")
+    with pytest.raises(pr.ProtocolError, match=r"opts is not a mapping .*bad.yml.*KEY: value"):
         pr.read_recipes(str(bad))
     bad.write_text(f"config: {DEMO}\nrecipes:\n  - {{name: a, opts: {{MODEL.NO_SUCH: 1}}}}\n")
     with pytest.raises(pr.ProtocolError, match="val_ids 0: the protocol selects on a validation"):
